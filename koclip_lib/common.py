@@ -1,0 +1,76 @@
+"""Small shared helpers: params files, seeding, devices and config-keyed artifact caching."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_params(path: str | os.PathLike) -> dict:
+    """Read a profile (params/mini.yaml, params/full.yaml, ...) as a plain dict."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def config_hash(config: Any) -> str:
+    """A short, stable hash of a JSON-able config: the key of a cached artifact."""
+    blob = json.dumps(config, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def cached_artifact(out_dir: str | os.PathLike, config: dict, build: Callable[[Path], Any], force: bool = False) -> Path:
+    """Build an artifact into `out_dir` unless a finished build with the same config is already there.
+
+    `artifact.json` records the config hash when a build starts and `finished: true` when it ends, so an
+    interrupted build with the same config runs again in place (its checkpoints let it resume), while a
+    changed config starts from an empty folder.
+    """
+    out_dir = Path(out_dir)
+    stamp = out_dir / "artifact.json"
+    key = config_hash(config)
+    previous = {}
+    if stamp.exists():
+        try:
+            previous = json.loads(stamp.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            previous = {}
+    if previous.get("config_hash") == key and previous.get("finished") and not force:
+        return out_dir
+    if out_dir.exists() and (previous.get("config_hash") != key or force):
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"config_hash": key, "finished": False, "config": config}
+    write_json(stamp, record)
+    build(out_dir)
+    write_json(stamp, {**record, "finished": True})
+    return out_dir
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,432 @@
+"""A Korean student text encoder distilled from CLIP's English text encoder.
+
+The student reads Korean and learns to produce what the frozen teacher produces from the English translation, so
+an unchanged Stable Diffusion UNet understands Korean. Three objectives, compared in notebook 02:
+
+* pooled   — the seed's loss, exactly: MSE(student(ko), teacher(en)) + MSE(student(en), teacher(en)) on the pooled
+             vector only. SD never reads that vector: it cross-attends to all 77 hidden states.
+* sequence — the whole 77 x width sequence the UNet reads, through a learned-query resampler (so Korean and English
+             token counts need not line up), plus the pooled term, plus empty prompt -> teacher's empty prompt
+             (classifier-free guidance and negative prompts need it).
+* unet     — a second stage from the sequence student: the frozen UNet's noise prediction given student(ko) must
+             match its prediction given teacher(en) on the same noisy latent and timestep (PEA-Diffusion style).
+
+The student is one `transformers` model (backbone + heads) saved with its tokenizer in one folder; its forward
+returns `last_hidden_state` of the teacher's width and length, which is all SD's `encode_prompt` asks of a text encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .common import cached_artifact, write_json
+from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+
+OBJECTIVES = ("pooled", "sequence", "unet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The student model: any 🤗 encoder backbone (a Korean RoBERTa) + a resampler head + a pooled head.
+# ---------------------------------------------------------------------------------------------------------------
+class KoreanTextEncoderConfig(PretrainedConfig):
+    model_type = "koclip-korean-text-encoder"
+
+    def __init__(self, backbone: dict | None = None, teacher_width: int = 768, num_positions: int = 77,
+                 head_layers: int = 2, head_heads: int = 8, teacher: str = "", objective: str = "",
+                 use_attention_mask: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone or {}
+        self.teacher_width = teacher_width
+        self.num_positions = num_positions  # SD 1.x reads exactly 77 text states
+        self.head_layers = head_layers
+        self.head_heads = head_heads
+        self.teacher = teacher  # which teacher's space the outputs live in: checked before a swap
+        self.objective = objective
+        self.use_attention_mask = use_attention_mask  # SD's encode_prompt passes the mask only when this is set
+
+    @property
+    def hidden_size(self) -> int:  # what SD-side code reads as the text encoder's width
+        return self.teacher_width
+
+
+class ResamplerLayer(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_self, self.norm_mlp = (nn.LayerNorm(width) for _ in range(4))
+        self.cross = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, queries, states, pad_mask):
+        kv = self.norm_kv(states)
+        queries = queries + self.cross(self.norm_q(queries), kv, kv, key_padding_mask=pad_mask, need_weights=False)[0]
+        q = self.norm_self(queries)
+        queries = queries + self.self_attn(q, q, q, need_weights=False)[0]
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class ResamplerHead(nn.Module):
+    """`num_positions` learned queries read the student's token states, then each other: any input length in,
+    exactly the teacher's 77 positions out."""
+
+    def __init__(self, in_dim: int, width: int, positions: int, layers: int, heads: int):
+        super().__init__()
+        self.proj_in = nn.Linear(in_dim, width)
+        self.queries = nn.Parameter(torch.randn(positions, width) * 0.02)
+        self.layers = nn.ModuleList(ResamplerLayer(width, heads) for _ in range(layers))
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, width)
+
+    def forward(self, states, attention_mask):
+        states = self.proj_in(states)
+        x = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
+        pad_mask = attention_mask == 0
+        for layer in self.layers:
+            x = layer(x, states, pad_mask)
+        return self.proj_out(self.norm_out(x))
+
+
+class KoreanTextEncoder(PreTrainedModel):
+    config_class = KoreanTextEncoderConfig
+    base_model_prefix = "student"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: KoreanTextEncoderConfig):
+        super().__init__(config)
+        backbone_config = AutoConfig.for_model(**config.backbone)
+        self.backbone = AutoModel.from_config(backbone_config, add_pooling_layer=False) \
+            if backbone_config.model_type in ("roberta", "bert", "xlm-roberta") else AutoModel.from_config(backbone_config)
+        hidden = backbone_config.hidden_size
+        self.head = ResamplerHead(hidden, config.teacher_width, config.num_positions, config.head_layers, config.head_heads)
+        self.pooled_head = nn.Linear(hidden, config.teacher_width)  # the seed's design: mean-pool + linear
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, backbone, teacher_width: int, **config_kwargs) -> "KoreanTextEncoder":
+        """A student around a backbone: a pretrained folder/hub id (full) or a config to build at random (mini)."""
+        if isinstance(backbone, PretrainedConfig):
+            model = cls(KoreanTextEncoderConfig(backbone=backbone.to_dict(), teacher_width=teacher_width, **config_kwargs))
+            return model
+        pretrained = AutoModel.from_pretrained(backbone)
+        model = cls(KoreanTextEncoderConfig(backbone=pretrained.config.to_dict(), teacher_width=teacher_width, **config_kwargs))
+        model.backbone.load_state_dict(pretrained.state_dict(), strict=False)
+        return model
+
+    def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, return_dict=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.backbone.get("pad_token_id", 1)).long()
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        sequence = self.head(states, attention_mask)
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = self.pooled_head((states * mask).sum(1) / mask.sum(1).clamp(min=1))
+        out = BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled,
+                                         hidden_states=(sequence,) if output_hidden_states else None)
+        return out if return_dict is not False else out.to_tuple()
+
+
+AutoConfig.register(KoreanTextEncoderConfig.model_type, KoreanTextEncoderConfig)
+AutoModel.register(KoreanTextEncoderConfig, KoreanTextEncoder)
+
+
+def train_student_tokenizer(texts, vocab_size: int = 2000, max_length: int = 128) -> PreTrainedTokenizerFast:
+    """A RoBERTa-style BPE tokenizer trained on the corpus (Korean and English sides: the seed's loss reads
+    English too, and mixed-language prompts should work)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    from tokenizers import decoders
+
+    tok.decoder = decoders.BPEDecoder()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", model_max_length=max_length)
+
+
+def load_student(path, device=None):
+    """(student, tokenizer) from one folder written by `save_student`."""
+    model = KoreanTextEncoder.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return (model.to(device) if device else model), tokenizer
+
+
+def save_student(model: KoreanTextEncoder, tokenizer, out_dir, card: dict) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    write_json(Path(out_dir) / "metrics.json", card.get("metrics", {}))
+    lines = ["---", "library_name: transformers", "language: [ko, en]", "tags: [koclip, text-encoder, distillation]", "---", "",
+             f"# koclip Korean text encoder ({model.config.objective})", "",
+             "Reads Korean (and English) and outputs what the teacher's `last_hidden_state` would be for the English "
+             "translation, so it can replace the text encoder of a Stable Diffusion pipeline built on that teacher.", "",
+             f"- teacher: `{model.config.teacher}` (width {model.config.teacher_width}, {model.config.num_positions} positions)",
+             f"- backbone: `{card.get('backbone', model.config.backbone.get('model_type'))}`",
+             f"- objective: `{model.config.objective}`", f"- data: {card.get('data', '')}", "", "## Metrics", "",
+             "```json", json.dumps(card.get("metrics", {}), ensure_ascii=False, indent=1, default=float), "```", ""]
+    Path(out_dir, "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher targets and losses.
+# ---------------------------------------------------------------------------------------------------------------
+def encode(model, tokenizer, texts):
+    """Run a text encoder (teacher or student) exactly as SD's `encode_prompt` does: the targets and the student's
+    outputs are then the states the UNet will read."""
+    from .generator import prompt_states
+
+    return prompt_states(model, tokenizer, texts)
+
+
+def sequence_mse(student_seq, teacher_seq, norm_weighted: bool = False):
+    """MSE over all positions; norm-weighted divides each position's error by the teacher state's norm, so a few
+    large-norm positions (CLIP's start token) do not dominate."""
+    err = (student_seq - teacher_seq).pow(2)
+    if not norm_weighted:
+        return err.mean()
+    return (err.sum(-1) / teacher_seq.pow(2).sum(-1).clamp(min=1e-6)).mean()
+
+
+@dataclass
+class DistillConfig:
+    objective: str = "sequence"
+    tokenizer_vocab: int = 2000
+    max_length: int = 128  # the student reads up to this many tokens; it always outputs 77 states
+    backbone: str | None = None  # a pretrained folder or hub id (full); None builds `backbone_config` at random
+    backbone_config: dict = field(default_factory=lambda: {"model_type": "roberta", "hidden_size": 96, "num_hidden_layers": 3,
+                                                            "num_attention_heads": 4, "intermediate_size": 384})
+    head_layers: int = 2
+    head_heads: int = 4
+    pooled_weight: float = 1.0
+    english_weight: float = 0.5  # the en->en term of the seed's loss, also in `sequence`
+    empty_prob: float = 0.05  # share of empty prompts mapped to the teacher's empty prompt
+    norm_weighted: bool = False
+    unet_sequence_weight: float = 0.5  # the unet stage keeps the sequence loss as an anchor
+    n_latents: int = 4000  # images encoded once for the unet stage
+    val_pairs: int = 512
+    loop: dict = field(default_factory=lambda: {"steps": 1500, "lr": 1e-3, "batch_size": 128, "warmup_steps": 100,
+                                                "validate_every": 250, "patience": 3})
+    unet_loop: dict = field(default_factory=lambda: {"steps": 400, "lr": 2e-4, "batch_size": 32, "warmup_steps": 20,
+                                                     "validate_every": 100, "patience": 3})
+    seed: int = 0
+
+
+def load_pairs(corpus_dir, split: str) -> list[tuple[str, str]]:
+    from .corpus import load_corpus
+
+    ds = load_corpus(corpus_dir, split)
+    return list(zip(ds["ko"], ds["en"]))
+
+
+class Distiller:
+    """Holds the frozen teacher (and, for the unet stage, the frozen UNet and cached latents) and computes the loss."""
+
+    def __init__(self, cfg: DistillConfig, student, student_tok, teacher, teacher_tok, unet=None, latents=None, scheduler=None):
+        self.cfg, self.student, self.student_tok = cfg, student, student_tok
+        self.teacher, self.teacher_tok = teacher.eval().requires_grad_(False), teacher_tok
+        self.unet = unet.eval().requires_grad_(False) if unet is not None else None
+        self.latents, self.scheduler = latents, scheduler
+
+    def targets(self, texts):
+        with torch.no_grad():
+            out = encode(self.teacher, self.teacher_tok, texts)
+        return out.last_hidden_state, out.pooler_output
+
+    def loss(self, objective: str, ko: list[str], en: list[str], gen: torch.Generator) -> dict:
+        cfg = self.cfg
+        t_seq, t_pool = self.targets(en)
+        s_ko = encode(self.student, self.student_tok, ko)
+        logs = {}
+        if objective == "pooled":  # the seed's loss, exactly
+            s_en = encode(self.student, self.student_tok, en)
+            logs["pooled_ko"] = F.mse_loss(s_ko.pooler_output, t_pool)
+            logs["pooled_en"] = F.mse_loss(s_en.pooler_output, t_pool)
+            logs["loss"] = logs["pooled_ko"] + logs["pooled_en"]
+            return logs
+        s_en = encode(self.student, self.student_tok, en) if cfg.english_weight else None
+        logs["seq_ko"] = sequence_mse(s_ko.last_hidden_state, t_seq, cfg.norm_weighted)
+        logs["pooled_ko"] = F.mse_loss(s_ko.pooler_output, t_pool)
+        loss = logs["seq_ko"] + cfg.pooled_weight * logs["pooled_ko"]
+        if s_en is not None:
+            logs["seq_en"] = sequence_mse(s_en.last_hidden_state, t_seq, cfg.norm_weighted)
+            loss = loss + cfg.english_weight * (logs["seq_en"] + cfg.pooled_weight * F.mse_loss(s_en.pooler_output, t_pool))
+        if objective == "unet":
+            idx = torch.randint(len(self.latents), (len(ko),), generator=gen)
+            x0 = self.latents[idx].to(t_seq.device)
+            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+            t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(ko),), generator=gen).to(x0.device)
+            noisy = self.scheduler.add_noise(x0, noise, t)
+            with torch.no_grad():
+                target = self.unet(noisy, t, encoder_hidden_states=t_seq).sample
+            logs["unet"] = F.mse_loss(self.unet(noisy, t, encoder_hidden_states=s_ko.last_hidden_state).sample, target)
+            loss = logs["unet"] + cfg.unet_sequence_weight * loss
+        logs["loss"] = loss
+        return logs
+
+
+def _batch(pairs, n: int, gen: torch.Generator, empty_prob: float):
+    idx = torch.randint(len(pairs), (n,), generator=gen).tolist()
+    empty = (torch.rand(n, generator=gen) < empty_prob).tolist()
+    ko = ["" if e else pairs[i][0] for i, e in zip(idx, empty)]
+    en = ["" if e else pairs[i][1] for i, e in zip(idx, empty)]
+    return ko, en
+
+
+def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=None, init_from=None,
+                  stop_after: int | None = None) -> dict:
+    """Train one objective; returns the trained student, its tokenizer, the teacher and the training log.
+    Checkpoints in out_dir/train/ let an interrupted run (`stop_after`, or a crash) resume where it stopped."""
+    from transformers import CLIPTextModel
+
+    out_dir = Path(out_dir)
+    train_pairs, val_pairs = load_pairs(corpus_dir, "train"), load_pairs(corpus_dir, "val")[: cfg.val_pairs]
+    teacher = CLIPTextModel.from_pretrained(teacher_dir)
+    teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
+    if init_from is not None:  # the unet stage starts from the sequence student
+        student, student_tok = load_student(init_from)
+    else:
+        if cfg.backbone:
+            student_tok = AutoTokenizer.from_pretrained(cfg.backbone)
+            student = KoreanTextEncoder.from_backbone(cfg.backbone, teacher.config.hidden_size,
+                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads)
+        else:
+            student_tok = train_student_tokenizer([t for pair in train_pairs for t in pair], cfg.tokenizer_vocab, cfg.max_length)
+            backbone = AutoConfig.for_model(**{**cfg.backbone_config, "vocab_size": len(student_tok),
+                                               "max_position_embeddings": cfg.max_length + 2,
+                                               "pad_token_id": student_tok.pad_token_id, "bos_token_id": student_tok.bos_token_id,
+                                               "eos_token_id": student_tok.eos_token_id, "type_vocab_size": 1})
+            torch.manual_seed(cfg.seed)
+            student = KoreanTextEncoder.from_backbone(backbone, teacher.config.hidden_size,
+                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads)
+    student.config.teacher = str(teacher_dir)
+    student.config.objective = cfg.objective
+    unet = latents = scheduler = None
+    if cfg.objective == "unet":
+        unet, latents, scheduler = _unet_stage_inputs(sd_dir, cfg)
+    distiller = Distiller(cfg, student, student_tok, teacher, teacher_tok, unet, latents, scheduler)
+    loop = LoopConfig.from_params(cfg.unet_loop if cfg.objective == "unet" else cfg.loop, seed=cfg.seed)
+
+    def loss_fn(step):
+        gen = step_generator(cfg.seed, step)
+        ko, en = _batch(train_pairs, loop.batch_size, gen, cfg.empty_prob if cfg.objective != "pooled" else 0.0)
+        return distiller.loss(cfg.objective, ko, en, gen)
+
+    def validate():
+        gen = torch.Generator().manual_seed(12345)  # the same noise every validation: comparable numbers
+        losses = []
+        for start in range(0, len(val_pairs), loop.batch_size):
+            chunk = val_pairs[start:start + loop.batch_size]
+            losses.append(float(distiller.loss(cfg.objective, [k for k, _ in chunk], [e for _, e in chunk], gen)["loss"]))
+        return float(np.mean(losses))
+
+    log = train_loop([student], loss_fn, loop, out_dir / "train", desc=f"student[{cfg.objective}]", validate=validate,
+                     stop_after=stop_after)
+    if log["steps"] >= loop.steps or log["stopped_early"]:
+        remove_checkpoints(out_dir / "train")
+    return {"student": student, "tokenizer": student_tok, "teacher": teacher, "teacher_tok": teacher_tok, "log": log}
+
+
+def _unet_stage_inputs(sd_dir, cfg: DistillConfig):
+    """The frozen UNet, latents of rendered mini-world scenes (encoded once) and SD's training noise schedule."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from . import miniworld as mw
+    from .generator import encode_images
+
+    sd_dir = Path(sd_dir)
+    unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
+    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
+    world = mw.WorldConfig(image_size=vae.config.sample_size)
+    scenes = mw.sample_scenes(cfg.n_latents, cfg.seed + 3, world, split="seen")
+    latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 3, world.image_size))
+    return unet, latents, DDPMScheduler.from_pretrained(sd_dir / "scheduler")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embedding-level measurements.
+# ---------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_size: int = 256) -> dict:
+    """On held-out (ko, en) pairs: token-sequence cosine and MSE of encoder(ko) to teacher(en), and Korean->English
+    retrieval R@1/R@5 in the teacher's pooled space (candidates: the distinct English sentences)."""
+    ko, en = [k for k, _ in pairs], [e for _, e in pairs]
+    seqs, pools, t_seqs = [], [], []
+    for start in range(0, len(pairs), batch_size):
+        s = encode(encoder, tokenizer, ko[start:start + batch_size])
+        t = encode(teacher, teacher_tok, en[start:start + batch_size])
+        seqs.append(s.last_hidden_state[:, :77])
+        pools.append(s.pooler_output)
+        t_seqs.append(t.last_hidden_state)
+    seq, pool, t_seq = torch.cat(seqs), torch.cat(pools), torch.cat(t_seqs)
+    if seq.shape[1] < t_seq.shape[1]:
+        seq = F.pad(seq, (0, 0, 0, t_seq.shape[1] - seq.shape[1]))
+    candidates = sorted(set(en))
+    cand_pool = torch.cat([encode(teacher, teacher_tok, candidates[i:i + batch_size]).pooler_output
+                           for i in range(0, len(candidates), batch_size)])
+    sims = F.normalize(pool, dim=-1) @ F.normalize(cand_pool, dim=-1).T
+    truth = torch.tensor([candidates.index(e) for e in en])
+    rank = (sims > sims.gather(1, truth[:, None])).sum(1)  # how many candidates beat the right one
+    return {"seq_cosine": float(F.cosine_similarity(seq, t_seq, dim=-1).mean()), "seq_mse": float(F.mse_loss(seq, t_seq)),
+            "R@1": float((rank < 1).float().mean()), "R@5": float((rank < 5).float().mean()), "pairs": len(pairs),
+            "candidates": len(candidates)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The main job's entry point.
+# ---------------------------------------------------------------------------------------------------------------
+def ensure_students(params: dict, root="outputs/mini") -> dict[str, Path]:
+    """Train (or reuse) one student per objective into root/student-<objective>/; returns their folders."""
+    from . import miniworld as mw
+    from .generator import ensure_generator
+
+    root = Path(root)
+    paths = ensure_generator(params, root)
+    corpus_dir = mw.ensure_world_corpus(params, root)
+    section = params.get("distill", {})
+    base = {k: v for k, v in section.items() if k != "objectives"}
+    teacher_dir = Path(section.get("teacher") or paths["teacher"])
+    out = {}
+    for objective in section.get("objectives", list(OBJECTIVES)):
+        cfg = DistillConfig(**{**base, "objective": objective, "seed": params.get("seed", 0)})
+        init = out.get("sequence") if objective == "unet" else None
+        if objective == "unet" and init is None:
+            raise ValueError("the unet objective starts from the sequence student: list 'sequence' before 'unet'")
+        key = {"distill": cfg.__dict__, "teacher": str(teacher_dir), "corpus": params.get("corpus"), "world": params.get("world"),
+               "sd": json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"], "init": str(init)}
+
+        def build(d, cfg=cfg, init=init):
+            result = train_student(d, cfg, corpus_dir, teacher_dir, sd_dir=paths["sd"], init_from=init)
+            test_pairs = load_pairs(corpus_dir, "test")[:1000]
+            metrics = {"embedding_test": embedding_metrics(result["student"], result["tokenizer"], result["teacher"],
+                                                           result["teacher_tok"], test_pairs),
+                       "best_val_loss": result["log"]["best_val"], "steps": result["log"]["steps"],
+                       "stopped_early": result["log"]["stopped_early"], "seconds": result["log"]["seconds"]}
+            save_student(result["student"], result["tokenizer"], d,
+                         {"metrics": metrics, "backbone": cfg.backbone or "tiny RoBERTa (random init)",
+                          "data": f"mini-world corpus {corpus_dir} (train split)"})
+
+        out[objective] = cached_artifact(root / f"student-{objective}", key, build)
+    return out
+
+
+def select_best(student_dirs: dict[str, Path], scores: dict[str, float], root) -> Path:
+    """Copy the best objective's student (highest score) to root/student/."""
+    best = max(scores, key=scores.get)
+    target = Path(root) / "student"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(student_dirs[best], target)
+    write_json(target / "selection.json", {"best": best, "scores": scores})
+    return target

@@ -1,0 +1,249 @@
+"""Score a text-to-image pipeline on a prompt file with the mini-world attribute classifier.
+
+    python -m koclip_lib.evaluate --pipeline outputs/mini/sd --prompts prompts.tsv [--text-encoder DIR]
+        [--lora NAME[:WEIGHT]] [--seeds N] [--save-grid grid.png]
+
+The prompt file is a TSV with a header: `prompt`, `color`, `shape` and optionally `position`, `style`
+(English attribute names of the mini-world vocabulary; an empty cell is not scored). The last line printed is
+one JSON object: accuracy per attribute, images generated, seconds per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .miniworld import ATTRIBUTES, AttributeClassifier, load_classifier, to_pil
+
+REQUIRED_COLUMNS = ("prompt", "color", "shape")
+OPTIONAL_COLUMNS = ("position", "style")
+
+
+class PromptFileError(ValueError):
+    """A prompt TSV that cannot be scored; the message names the file and line."""
+
+
+@dataclass
+class PromptRow:
+    prompt: str
+    attributes: dict[str, str]  # attribute -> expected English value; absent attributes are not scored
+    line: int
+
+
+def read_prompt_tsv(path: str | Path) -> list[PromptRow]:
+    path = Path(path)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            raise PromptFileError(f"{path}: empty file, expected a header with columns {', '.join(REQUIRED_COLUMNS)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise PromptFileError(f"{path}:1: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}")
+        rows = []
+        for line_no, fields in enumerate(reader, start=2):
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise PromptFileError(f"{path}:{line_no}: {len(fields)} fields, the header has {len(header)}")
+            record = dict(zip(header, (f.strip() for f in fields)))
+            if not record["prompt"]:
+                raise PromptFileError(f"{path}:{line_no}: empty prompt")
+            attributes = {}
+            for name in ("color", "shape") + OPTIONAL_COLUMNS:
+                value = record.get(name, "")
+                if not value:
+                    if name in REQUIRED_COLUMNS:
+                        raise PromptFileError(f"{path}:{line_no}: empty {name}")
+                    continue
+                if value not in ATTRIBUTES[name]:
+                    raise PromptFileError(f"{path}:{line_no}: unknown {name} {value!r}; known: {', '.join(ATTRIBUTES[name])}")
+                attributes[name] = value
+            rows.append(PromptRow(record["prompt"], attributes, line_no))
+    if not rows:
+        raise PromptFileError(f"{path}: no prompts after the header")
+    return rows
+
+
+@torch.no_grad()
+def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance_scale: float = 5.0,
+             batch_size: int = 64, negative_prompt: str | None = None, **call_kwargs) -> tuple[torch.Tensor, float]:
+    """Images (N, 3, H, W) in [-1, 1] for each (prompt, seed) pair, one generator per image so the batch size
+    never changes an image; returns them with the wall-clock seconds per image."""
+    device = pipe.device
+    images = []
+    started = time.perf_counter()
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens, output_type="pt",
+                   negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None, **call_kwargs).images
+        images.append(out.float().cpu() * 2 - 1)  # the pipeline returns [0, 1]
+    seconds = time.perf_counter() - started
+    return torch.cat(images), seconds / max(len(prompts), 1)
+
+
+def score(classifier: AttributeClassifier, images: torch.Tensor, rows: Sequence[PromptRow]) -> dict:
+    """Accuracy per attribute over the rows that state it, plus the per-image predictions."""
+    predicted = classifier.predict(images)
+    accuracy, counts = {}, {}
+    for name in ATTRIBUTES:
+        hits = [predicted[name][i] == row.attributes[name] for i, row in enumerate(rows) if name in row.attributes]
+        if hits:
+            accuracy[name] = float(np.mean(hits))
+            counts[name] = len(hits)
+    return {"accuracy": accuracy, "scored": counts, "predicted": predicted}
+
+
+def evaluate_rows(pipe, rows: Sequence[PromptRow], classifier: AttributeClassifier, seeds: int = 1, base_seed: int = 0,
+                  **generate_kwargs) -> tuple[dict, torch.Tensor, list[PromptRow]]:
+    """Generate `seeds` images per row and score them. Returns (result, images, expanded rows)."""
+    expanded = [row for row in rows for _ in range(seeds)]
+    seed_list = [base_seed + 1000 * i + k for i in range(len(rows)) for k in range(seeds)]
+    images, seconds_per_image = generate(pipe, [r.prompt for r in expanded], seed_list, **generate_kwargs)
+    scored = score(classifier, images, expanded)
+    result = {"accuracy": scored["accuracy"], "scored": scored["scored"], "images": len(expanded),
+              "seconds_per_image": seconds_per_image}
+    return result, images, expanded
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    """NanumGothic (shipped by koreanize-matplotlib) so Korean prompts render; PIL's default font otherwise."""
+    try:
+        import koreanize_matplotlib  # noqa: F401  (the package carries the font files)
+
+        font_path = Path(koreanize_matplotlib.__file__).parent / "fonts" / "NanumGothic.ttf"
+        return ImageFont.truetype(str(font_path), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int) -> tuple[str, str]:
+    """Split a label into two lines at a space so the first fits `width` pixels (the second is cut if too long)."""
+    words, first = text.split(" "), ""
+    while words and draw.textlength((first + " " + words[0]).strip(), font=font) <= width:
+        first = (first + " " + words.pop(0)).strip()
+    if not first:  # one long word: cut by characters
+        first, words = text, []
+        while draw.textlength(first, font=font) > width:
+            first = first[:-1]
+        words = [text[len(first):]]
+    second = " ".join(words)
+    while second and draw.textlength(second, font=font) > width:
+        second = second[:-1]
+    return first, second
+
+
+def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[str] | None = None, cols: int = 8,
+               cell: int = 96, label_height: int = 28) -> Image.Image:
+    """A grid of images (upscaled to `cell` pixels, nearest neighbour) with a label under each."""
+    pils = to_pil(images) if isinstance(images, torch.Tensor) else list(images)
+    rows = (len(pils) + cols - 1) // cols
+    lh = label_height if labels else 0
+    grid = Image.new("RGB", (cols * cell, rows * (cell + lh)), "white")
+    draw, font = ImageDraw.Draw(grid), _font(11)
+    for i, im in enumerate(pils):
+        x, y = (i % cols) * cell, (i // cols) * (cell + lh)
+        grid.paste(im.resize((cell, cell), Image.NEAREST), (x, y))
+        if labels:
+            line1, line2 = _wrap(draw, labels[i], font, cell - 4)
+            draw.text((x + 2, y + cell + 1), line1, fill="black", font=font)
+            draw.text((x + 2, y + cell + 14), line2, fill="black", font=font)
+    return grid
+
+
+def load_pipeline(pipeline_dir: str | Path, text_encoder: str | Path | None = None, device: str | None = None):
+    """The SD pipeline from a folder, with a Korean student text encoder swapped in when one is given."""
+    from diffusers import StableDiffusionPipeline
+
+    from .common import pick_device
+
+    if text_encoder is not None:
+        from .pipeline import load_korean_pipeline
+
+        return load_korean_pipeline(sd=pipeline_dir, text_encoder=text_encoder, device=device)
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(pick_device(device))
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m koclip_lib.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout)")
+    ap.add_argument("--prompts", required=True, help="TSV: prompt, color, shape[, position, style]")
+    ap.add_argument("--text-encoder", help="Korean student folder to swap in for the pipeline's text encoder")
+    ap.add_argument("--translate", help="translator folder: translate Korean prompts to English first (baseline)")
+    ap.add_argument("--lora", action="append", default=[], help="NAME[:WEIGHT] from the LoRA registry; repeatable")
+    ap.add_argument("--classifier", default="outputs/mini/classifier", help="attribute classifier folder")
+    ap.add_argument("--seeds", type=int, default=1, help="images per prompt")
+    ap.add_argument("--base-seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--limit", type=int, help="score only the first N prompts")
+    ap.add_argument("--save-grid", help="write an image grid (first 64 images) with prompts as labels")
+    ap.add_argument("--device")
+    args = ap.parse_args(argv)
+
+    try:
+        rows = read_prompt_tsv(args.prompts)
+    except (PromptFileError, FileNotFoundError) as err:
+        ap.exit(2, f"error: {err}\n")
+    rows = rows[: args.limit] if args.limit else rows
+    classifier = load_classifier(args.classifier)
+    pipe = load_pipeline(args.pipeline, args.text_encoder, args.device)
+    if args.lora:
+        from .lora import apply_lora_args
+
+        apply_lora_args(pipe, args.lora)
+    translate_seconds = None
+    if args.translate:
+        from .translate import Translator
+
+        translator = Translator.from_pretrained(args.translate)
+        started = time.perf_counter()
+        english = translator.translate([r.prompt for r in rows])
+        translate_seconds = (time.perf_counter() - started) / len(rows)
+        rows = [PromptRow(text, r.attributes, r.line) for text, r in zip(english, rows)]
+    result, images, expanded = evaluate_rows(pipe, rows, classifier, seeds=args.seeds, base_seed=args.base_seed,
+                                             steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch_size)
+    if translate_seconds is not None:
+        result["translate_seconds_per_prompt"] = translate_seconds
+    result.update({"pipeline": str(args.pipeline), "prompts": str(args.prompts), "text_encoder": args.text_encoder,
+                   "translate": args.translate, "lora": args.lora, "steps": args.steps, "guidance": args.guidance})
+    if args.save_grid:
+        Path(args.save_grid).parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images[:64], [r.prompt for r in expanded[:64]]).save(args.save_grid)
+        result["grid"] = args.save_grid
+    print(json.dumps(result, ensure_ascii=False))
+    return result
+
+
+
+def evaluate_prompt_files(pipe, classifier: AttributeClassifier, files: dict[str, str | Path], **kwargs):
+    """Evaluate one pipeline on several prompt files: a table (one row per file) and the images of each."""
+    import pandas as pd
+
+    records, images = [], {}
+    for name, path in files.items():
+        rows = read_prompt_tsv(path)
+        result, imgs, expanded = evaluate_rows(pipe, rows, classifier, **kwargs)
+        records.append({"prompts": name, **{f"{k} acc": v for k, v in result["accuracy"].items()},
+                        "images": result["images"], "s/image": result["seconds_per_image"]})
+        images[name] = (imgs, [r.prompt for r in expanded])
+    return pd.DataFrame(records).set_index("prompts"), images
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

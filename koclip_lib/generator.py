@@ -1,0 +1,318 @@
+"""The mini world's English text-to-image model, built like the real one from the same library classes.
+
+Real world: OpenAI CLIP (English, byte-level BPE, 77 positions) + Stable Diffusion 1.5 trained on CLIP's frozen
+`last_hidden_state`. Mini world: a tiny `CLIPModel` trained contrastively on rendered shapes and English captions,
+a tiny `AutoencoderKL`, and a tiny `UNet2DConditionModel` trained on the frozen teacher text states, assembled into
+a `diffusers.StableDiffusionPipeline` that `from_pretrained` loads like any SD 1.x checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
+
+from . import miniworld as mw
+from .common import cached_artifact, write_json
+from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+
+MAX_LENGTH = 77  # CLIP's context length: SD 1.x cross-attends to exactly 77 positions
+BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer: byte-level BPE trained on English captions only, so Korean falls apart into byte tokens as in CLIP.
+# ---------------------------------------------------------------------------------------------------------------
+def train_english_tokenizer(texts, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK, BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+                                   model_max_length=MAX_LENGTH, padding_side="right")
+
+
+def tokenize(tokenizer, texts: list[str], device="cpu", padding: str = "max_length") -> dict:
+    """SD's way: pad every prompt to 77 positions, truncate longer ones.
+
+    padding="longest" gives the same states at the real tokens (the text tower is causal, padding comes last)
+    at a fraction of the cost: what contrastive training uses.
+    """
+    enc = tokenizer(list(texts), padding=padding, max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def prompt_states(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+    """The text states exactly as `StableDiffusionPipeline.encode_prompt` computes them: padded to the tokenizer's
+    max length, attention mask passed only if the encoder's config asks for it (CLIP's does not, so the padding
+    positions attend to each other). Training on anything else would leave the UNet reading different states."""
+    enc = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    mask = enc.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    return text_encoder(enc.input_ids.to(device), attention_mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher: a tiny CLIP, trained contrastively on (image, English caption).
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class TeacherConfig:
+    vocab_size: int = 512
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    vision_layers: int = 2
+    patch: int = 4
+    projection_dim: int = 64
+    n_images: int = 6000
+    loop: dict = field(default_factory=lambda: {"steps": 600, "lr": 2e-3, "batch_size": 128, "warmup_steps": 50})
+    seed: int = 0
+
+
+def build_teacher(cfg: TeacherConfig, tokenizer, image_size: int) -> CLIPModel:
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=cfg.width, intermediate_size=cfg.width * 4,
+                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, max_position_embeddings=MAX_LENGTH,
+                          projection_dim=cfg.projection_dim, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=cfg.width, intermediate_size=cfg.width * 4, num_hidden_layers=cfg.vision_layers,
+                              num_attention_heads=cfg.heads, image_size=image_size, patch_size=cfg.patch,
+                              projection_dim=cfg.projection_dim)
+    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=cfg.projection_dim))
+
+
+def _caption_batch(scenes, caption, seed: int, world) -> list[str]:
+    rng = random.Random(seed)
+    return [caption(s, rng, world) for s in scenes]
+
+
+def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig) -> dict:
+    """Train tokenizer + CLIP on seen combinations in both styles; save both with save_pretrained."""
+    out_dir = Path(out_dir)
+    scenes = mw.sample_scenes(cfg.n_images, cfg.seed, world, split="seen", styles=list(mw.STYLES))
+    rng = random.Random(cfg.seed)
+    tokenizer = train_english_tokenizer([mw.caption_en(s, rng, world) for s in scenes for _ in range(3)], cfg.vocab_size)
+    model = build_teacher(cfg, tokenizer, world.image_size)
+    images = mw.render_batch(scenes, cfg.seed, world.image_size)
+    loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
+
+    def loss_fn(step):
+        gen = step_generator(cfg.seed, step)
+        idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
+        texts = _caption_batch([scenes[i] for i in idx], mw.caption_en, cfg.seed * 7919 + step, world)
+        out = model(**tokenize(tokenizer, texts, padding="longest"), pixel_values=images[idx], return_loss=True)
+        return out.loss
+
+    log = train_loop([model], loss_fn, loop, out_dir, desc="teacher CLIP")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    metrics = {"zero_shot": teacher_zero_shot(model, tokenizer, world), "steps": log["steps"], "seconds": log["seconds"],
+               "loss_curve": [(h["step"], h["loss"]) for h in log["history"] if "loss" in h]}
+    write_json(out_dir / "metrics.json", metrics)
+    remove_checkpoints(out_dir)
+    return metrics
+
+
+@torch.no_grad()
+def teacher_zero_shot(model: CLIPModel, tokenizer, world: mw.WorldConfig, n: int = 1000, seed: int = 4242) -> dict:
+    """Zero-shot colour and shape accuracy: each image against prompts "a {color} {shape}" for all 40 pairs."""
+    model.eval()
+    combos = [(c, s) for c in mw.COLORS for s in mw.SHAPES]
+    text = model.get_text_features(**tokenize(tokenizer, [f"a {c} {s}" for c, s in combos]))
+    text = F.normalize(text if torch.is_tensor(text) else text.pooler_output, dim=-1)
+    result = {}
+    for split in ("seen", "heldout"):
+        scenes = mw.sample_scenes(n, seed, world, split=split, styles=["plain"])
+        image = model.get_image_features(pixel_values=mw.render_batch(scenes, seed, world.image_size))
+        image = F.normalize(image if torch.is_tensor(image) else image.pooler_output, dim=-1)
+        best = (image @ text.T).argmax(-1).tolist()
+        result[split] = {
+            "color": float(np.mean([combos[b][0] == s.color for b, s in zip(best, scenes)])),
+            "shape": float(np.mean([combos[b][1] == s.shape for b, s in zip(best, scenes)])),
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generator: tiny VAE and UNet with SD 1.x's interfaces (4 latent channels, cross-attention on 77 text states).
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class VAEConfig:
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # 3 levels: 32x32 image -> 8x8 latents
+    latent_channels: int = 4
+    kl_weight: float = 1e-6
+    n_images: int = 6000
+    loop: dict = field(default_factory=lambda: {"steps": 500, "lr": 2e-3, "batch_size": 64, "warmup_steps": 25})
+    seed: int = 0
+
+
+@dataclass
+class UNetConfig:
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    # "text": the UNet also pools the 77 text states into its time embedding (diffusers' TextTimeEmbedding), a
+    # global path that a small UNet learns far faster than cross-attention alone; it reads the same states
+    addition_embed_type: str | None = "text"
+    n_images: int = 12000
+    uncond_prob: float = 0.1  # empty-prompt dropout: what classifier-free guidance needs
+    # v-prediction (as SD 2.x): with epsilon prediction the loss barely depends on the prompt at high noise, where
+    # colour, shape and place are decided, so a small UNet learns to follow text far more slowly
+    prediction_type: str = "v_prediction"
+    loop: dict = field(default_factory=lambda: {"steps": 2000, "lr": 1e-3, "batch_size": 64, "warmup_steps": 100})
+    seed: int = 0
+
+
+def build_vae(cfg: VAEConfig, image_size: int) -> AutoencoderKL:
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(cfg.block_out_channels),
+                         layers_per_block=1, latent_channels=cfg.latent_channels, norm_num_groups=8,
+                         sample_size=image_size, mid_block_add_attention=False)
+
+
+def train_vae(out_dir: str | Path, world: mw.WorldConfig, cfg: VAEConfig) -> dict:
+    """Reconstruction (L1 + MSE) + a small KL term; sets `scaling_factor` so latents have unit variance, like SD."""
+    out_dir = Path(out_dir)
+    vae = build_vae(cfg, world.image_size)
+    scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 1, world, split="all", styles=list(mw.STYLES))
+    images = mw.render_batch(scenes, cfg.seed + 1, world.image_size)
+    loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
+
+    def loss_fn(step):
+        gen = step_generator(cfg.seed, step)
+        x = images[torch.randint(len(images), (loop.batch_size,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        kl = posterior.kl().mean()
+        return {"loss": rec + cfg.kl_weight * kl, "recon": rec.detach(), "kl": kl.detach()}
+
+    log = train_loop([vae], loss_fn, loop, out_dir, desc="VAE")
+    with torch.no_grad():
+        latents = vae.encode(images[:1024]).latent_dist.mean
+        recon = vae.decode(latents).sample
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.save_pretrained(out_dir)
+    metrics = {"recon_mse": float(F.mse_loss(recon, images[:1024])), "scaling_factor": vae.config.scaling_factor,
+               "seconds": log["seconds"], "loss_curve": [(h["step"], h["loss"]) for h in log["history"] if "loss" in h]}
+    write_json(out_dir / "metrics.json", metrics)
+    remove_checkpoints(out_dir)
+    return metrics
+
+
+def build_unet(cfg: UNetConfig, latent_size: int, cross_attention_dim: int) -> UNet2DConditionModel:
+    n = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=16, addition_embed_type=cfg.addition_embed_type,
+        addition_embed_type_num_heads=cfg.attention_head_dim // 2 or 1,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1))
+
+
+def noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """SD 1.x's training schedule (scaled-linear betas, 1000 steps)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         prediction_type=prediction_type, clip_sample=False, steps_offset=1)
+
+
+@torch.no_grad()
+def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Images in [-1, 1] -> scaled latents (the posterior mean; cached once, like SD fine-tuning scripts do)."""
+    out = [vae.encode(images[i:i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)]
+    return torch.cat(out) * vae.config.scaling_factor
+
+
+def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teacher_dir: str | Path, vae_dir: str | Path) -> dict:
+    """Denoising loss on cached latents, conditioned on the frozen teacher's `last_hidden_state` of fresh captions."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    text_encoder = CLIPTextModel.from_pretrained(teacher_dir).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 2, world, split="seen")
+    latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 2, world.image_size))
+    unet = build_unet(cfg, latents.shape[-1], text_encoder.config.hidden_size)
+    scheduler = noise_scheduler(cfg.prediction_type)
+    loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
+
+    def loss_fn(step):
+        gen = step_generator(cfg.seed, step)
+        idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
+        texts = _caption_batch([scenes[i] for i in idx], mw.caption_en, cfg.seed * 7919 + step, world)
+        drop = torch.rand(len(texts), generator=gen) < cfg.uncond_prob
+        texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
+        with torch.no_grad():
+            cond = prompt_states(text_encoder, tokenizer, texts).last_hidden_state
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(pred, target)
+
+    log = train_loop([unet], loss_fn, loop, out_dir / "train", desc="UNet")
+    unet.save_pretrained(out_dir / "unet")
+    scheduler.save_pretrained(out_dir / "scheduler")
+    remove_checkpoints(out_dir / "train")
+    return {"seconds": log["seconds"], "steps": log["steps"],
+            "loss_curve": [(h["step"], h["loss"]) for h in log["history"] if "loss" in h]}
+
+
+def assemble_pipeline(teacher_dir: str | Path, vae_dir: str | Path, unet_dir: str | Path,
+                      prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+    """A standard SD pipeline: no safety checker (synthetic shapes), DPM-Solver++ as the sampler."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(vae_dir), text_encoder=CLIPTextModel.from_pretrained(teacher_dir),
+        tokenizer=AutoTokenizer.from_pretrained(teacher_dir), unet=UNet2DConditionModel.from_pretrained(unet_dir),
+        scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler(prediction_type).config, algorithm_type="dpmsolver++"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The main job's entry point: everything cached under outputs/mini/ by config.
+# ---------------------------------------------------------------------------------------------------------------
+def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
+    """Train (or reuse) classifier, teacher, VAE and UNet; save the SD pipeline to `root/sd`. Returns their folders."""
+    root = Path(root)
+    world = mw.WorldConfig.from_params(params.get("world"))
+    world_key = params.get("world") or {}
+    t_cfg = TeacherConfig(**params.get("teacher", {}))
+    v_cfg = VAEConfig(**params.get("vae", {}))
+    u_cfg = UNetConfig(**params.get("unet", {}))
+    paths = {}
+    paths["classifier"] = mw.ensure_classifier(params, root)
+    paths["teacher"] = cached_artifact(root / "teacher", {"world": world_key, "teacher": t_cfg.__dict__},
+                                       lambda d: train_teacher(d, world, t_cfg))
+    paths["vae"] = cached_artifact(root / "vae", {"world": world_key, "vae": v_cfg.__dict__}, lambda d: train_vae(d, world, v_cfg))
+    unet_key = {"world": world_key, "unet": u_cfg.__dict__, "teacher": t_cfg.__dict__, "vae": v_cfg.__dict__}
+
+    def build_sd(d):
+        metrics = train_unet(d, world, u_cfg, paths["teacher"], paths["vae"])
+        pipe = assemble_pipeline(paths["teacher"], paths["vae"], d / "unet", u_cfg.prediction_type)
+        pipe.save_pretrained(d)
+        write_json(d / "train_metrics.json", metrics)
+
+    paths["sd"] = cached_artifact(root / "sd", unet_key, build_sd)
+    return paths

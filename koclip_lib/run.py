@@ -1,0 +1,65 @@
+"""Run the notebooks in order with a params file; executed copies go to outputs/notebooks/.
+
+    python -m koclip_lib.run --params params/mini.yaml            # every notebook (the main job)
+    python -m koclip_lib.run --params params/mini.yaml --only 01  # one (or several: --only 01 02)
+
+The jupytext `.py` file is the source of each notebook (readable diffs); papermill injects `params_file`
+into the cell tagged `parameters` and executes with the repository root as working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .common import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def list_notebooks(only: list[str] | None = None) -> list[Path]:
+    """notebooks/NN_name.py in order, optionally only those whose number or name starts with one of `only`."""
+    found = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    if only:
+        found = [p for p in found if any(p.stem.startswith(o) or p.stem.split("_", 1)[0] == o for o in only)]
+    return found
+
+
+def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "python3", extra: dict | None = None) -> Path:
+    import jupytext
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb = jupytext.read(source)
+    nb.metadata.setdefault("kernelspec", {"name": kernel, "display_name": "Python 3", "language": "python"})
+    staged = out_dir / f".{source.stem}.input.ipynb"
+    jupytext.write(nb, staged, fmt="ipynb")
+    target = out_dir / f"{source.stem}.ipynb"
+    try:
+        pm.execute_notebook(str(staged), str(target), parameters={"params_file": params_file, **(extra or {})},
+                            cwd=str(REPO_ROOT), kernel_name=kernel, progress_bar=False, log_output=False)
+    finally:
+        staged.unlink(missing_ok=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m koclip_lib.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params/mini.yaml", help="profile file under params/")
+    ap.add_argument("--only", nargs="*", help="notebook numbers or names, e.g. 01 02_distill")
+    ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "notebooks"), help="where executed notebooks go")
+    args = ap.parse_args(argv)
+    notebooks = list_notebooks(args.only)
+    if not notebooks:
+        ap.exit(2, f"error: no notebook matches {args.only}; have {[p.stem for p in list_notebooks()]}\n")
+    for source in notebooks:
+        started = time.time()
+        print(f"running {source.name} with {args.params} ...", flush=True)
+        target = run_notebook(source, args.params, Path(args.out))
+        print(f"  -> {target} ({time.time() - started:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,929 @@
+"""The image service: a fair, predictable queue in front of one Stable Diffusion pipeline.
+
+    python -m koclip_lib.serve --pipeline outputs/mini/sd [--text-encoder DIR] [--host 127.0.0.1] [--port 8000]
+        [--db outputs/serve/jobs.sqlite3] [--max-queue 16] [--max-batch 4] [--lora-registry loras.json]
+
+API (JSON in, JSON out; `Authorization: Bearer KEY` or `X-API-Key: KEY` when KOCLIP_API_KEY is set):
+
+    POST   /v1/images            {prompt, negative_prompt?, seed?, steps?, guidance?, width?, height?,
+                                  loras?: [{name, weight}], deadline_s?}
+                                 -> 202 {job_id, queue_position, estimated_start_s, deadline_s}
+                                 -> 429 + Retry-After (queue full), 503 (deadline cannot be met), 422 (invalid)
+    POST   /v1/images:sync       same body; waits for the PNG within the job's deadline, else 504 {job_id}
+    GET    /v1/jobs/{id}         queued | running | succeeded | failed | cancelled | expired (+ reason)
+    GET    /v1/jobs/{id}/image   the PNG (409 while not succeeded, 404 unknown)
+    GET    /v1/jobs/{id}/events  server-sent events: `state` on every change, `progress` per denoising step
+    DELETE /v1/jobs/{id}         cancel a queued or running job
+    GET    /v1/loras             the registered LoRA names (never their paths)
+    GET    /healthz  /readyz  /metrics (Prometheus text)
+
+Rules the design keeps:
+
+* One deadline per job, an absolute time fixed at admission (`deadline_s`, or the default) and stored with the
+  job. It bounds the queue wait and the generation together; a job past its deadline is stopped and reported as
+  `expired`, and a sync request whose deadline passes gets 504 and its job is expired with it: no work runs for
+  a client that is gone.
+* Admission says no at once instead of accepting and timing out: a full queue answers 429 with a Retry-After
+  from the measured service time (EWMA of seconds per image-step x the queued work); a deadline that the
+  current estimate cannot meet answers 503 with the estimate in the message.
+* An accepted job is written to SQLite (WAL) before the 202 goes out and is never dropped or sent back to the
+  end of the line: after a restart, queued and running jobs resume in their original order (a running job runs
+  again from the start, same id and seed, so the same image). Finished jobs stay until `result_ttl_s`.
+* One worker thread owns the pipeline (the GPU is one resource). It takes the oldest queued job, adds up to
+  `max_batch - 1` later jobs with the same (width, height, steps, guidance, LoRAs) and runs them as one pipeline
+  call with one `torch.Generator` per image, so batching never changes an image. Prompt embeddings are cached
+  (LRU) by (prompt, negative prompt, LoRAs).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import prometheus_client as prom
+import torch
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+log = logging.getLogger("koclip.serve")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = "queued", "running", "succeeded", "failed", "cancelled", "expired"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Settings:
+    db_path: str = "outputs/serve/jobs.sqlite3"
+    max_queue: int = 16                   # queued jobs (the running batch not counted); beyond it: 429
+    max_batch: int = 4
+    result_ttl_s: float = 24 * 3600       # finished jobs and their PNGs are purged after this
+    default_deadline_s: float = 300.0
+    max_deadline_s: float = 3600.0
+    max_prompt_chars: int = 1000
+    min_side: int = 8
+    max_side: int = 1024
+    default_steps: int = 20
+    max_steps: int = 100
+    default_guidance: float = 5.0
+    max_guidance: float = 30.0
+    max_loras: int = 4
+    max_lora_weight: float = 2.0
+    lora_registry: Optional[str] = None   # JSON {name: {path, trigger, description}}
+    api_key: Optional[str] = field(default_factory=lambda: os.environ.get("KOCLIP_API_KEY") or None)
+    embed_cache_size: int = 256
+    initial_s_per_image_step: float = 0.5  # the service-time estimate until the first batch is measured
+    ewma_alpha: float = 0.3
+    warmup: bool = False                  # one short generation at startup (loads kernels, measures speed)
+    purge_interval_s: float = 60.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jobs and their SQLite store
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated request with every default resolved (seed and size included), so a re-run is identical."""
+    prompt: str
+    negative_prompt: Optional[str]
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    loras: tuple = ()  # ((name, weight), ...) in request order
+
+    @property
+    def batch_key(self) -> tuple:
+        return (self.width, self.height, self.steps, self.guidance, self.loras)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        d = json.loads(text)
+        return cls(**{**d, "loras": tuple((n, float(w)) for n, w in d.get("loras", ()))})
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    created_at: float   # epoch seconds
+    deadline: float     # epoch seconds, fixed at admission
+    seq: int = 0        # admission order (SQLite rowid): FIFO across restarts
+    state: str = QUEUED
+    reason: Optional[str] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    attempts: int = 0   # times generation started (2 after a restart interrupted it)
+    step: int = 0
+    batch_id: Optional[int] = None
+    batch_size: Optional[int] = None
+
+
+class JobStore:
+    """Jobs and result PNGs in SQLite (WAL). A commit survives the process being killed."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, state TEXT NOT NULL, request TEXT NOT NULL,
+        created_at REAL NOT NULL, deadline REAL NOT NULL, started_at REAL, finished_at REAL, reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0, image BLOB);
+    CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, finished_at);
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: durable across process crashes
+        self._db.executescript(self.SCHEMA)
+        self._lock = threading.Lock()
+
+    def insert(self, job: Job) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO jobs (id, state, request, created_at, deadline, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.state, job.spec.to_json(), job.created_at, job.deadline, job.attempts))
+            return cur.lastrowid
+
+    def save(self, job: Job, image: Optional[bytes] = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state=?, started_at=?, finished_at=?, reason=?, attempts=?, image=COALESCE(?, image) "
+                "WHERE id=?", (job.state, job.started_at, job.finished_at, job.reason, job.attempts, image, job.id))
+
+    def load(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, id, state, request, created_at, deadline, started_at, finished_at, "
+                                    "reason, attempts FROM jobs ORDER BY seq").fetchall()
+        return [Job(id=r["id"], spec=JobSpec.from_json(r["request"]), created_at=r["created_at"], deadline=r["deadline"],
+                    seq=r["seq"], state=r["state"], reason=r["reason"], started_at=r["started_at"],
+                    finished_at=r["finished_at"], attempts=r["attempts"]) for r in rows]
+
+    def image(self, job_id: str) -> Optional[bytes]:
+        with self._lock:
+            row = self._db.execute("SELECT image FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row["image"] if row else None
+
+    def purge(self, finished_before: float) -> list[str]:
+        states = tuple(TERMINAL)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            ids = [r["id"] for r in self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({marks}) AND finished_at < ?", (*states, finished_before))]
+            self._db.execute(f"DELETE FROM jobs WHERE state IN ({marks}) AND finished_at < ?", (*states, finished_before))
+        return ids
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline-backed engine: one call generates one batch
+# ---------------------------------------------------------------------------------------------------------------
+def load_lora_registry(path: str | os.PathLike | None) -> dict[str, dict]:
+    """{name: {path, trigger, description}}; relative paths are relative to the registry file."""
+    if not path:
+        return {}
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    registry = {}
+    for name, entry in data.items():
+        if not LORA_NAME.match(name) or ".." in name:
+            raise ValueError(f"{path}: LoRA name {name!r} must match {LORA_NAME.pattern} and contain no '..'")
+        if "path" not in entry:
+            raise ValueError(f"{path}: LoRA {name!r} has no 'path'")
+        registry[name] = {**entry, "path": str((path.parent / entry["path"]).resolve())}
+    return registry
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class PipelineEngine:
+    """Runs batches on a diffusers StableDiffusionPipeline. Only the worker thread calls `generate`."""
+
+    def __init__(self, pipe, cache_size: int = 256, loras: Optional[dict[str, dict]] = None):
+        self.pipe = pipe
+        self.loras = dict(loras or {})    # name -> registry entry; create_app fills it from the settings
+        self.cache_size = cache_size
+        self._embeddings: OrderedDict = OrderedDict()
+        self._loaded: set[str] = set()
+        self._lora_active = False
+        self.cache_hits = self.cache_misses = 0
+        pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return side, side
+
+    def _encode(self, spec: JobSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (spec.prompt, spec.negative_prompt or "", spec.loras)  # a text-encoder LoRA changes the embedding
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            self.cache_hits += 1
+            return self._embeddings[key]
+        self.cache_misses += 1
+        embeds = self.pipe.encode_prompt(spec.prompt, self.pipe.device, 1, True, negative_prompt=spec.negative_prompt)
+        self._embeddings[key] = embeds
+        while len(self._embeddings) > self.cache_size:
+            self._embeddings.popitem(last=False)
+        return embeds
+
+    def _apply_loras(self, loras: tuple) -> None:
+        if not loras:
+            if self._lora_active:
+                self.pipe.disable_lora()
+                self._lora_active = False
+            return
+        for name, _ in loras:
+            if name not in self._loaded:
+                self.pipe.load_lora_weights(self.loras[name]["path"], adapter_name=name)
+                self._loaded.add(name)
+        if not self._lora_active:
+            self.pipe.enable_lora()
+        self.pipe.set_adapters([n for n, _ in loras], [w for _, w in loras])
+        self._lora_active = True
+
+    @torch.inference_mode()
+    def generate(self, specs: list[JobSpec], on_step: Callable[[int, int], bool]) -> Optional[list[bytes]]:
+        """PNG bytes per spec (all share one batch key), or None when `on_step(step, steps)` asked to stop."""
+        first = specs[0]
+        self._apply_loras(first.loras)
+        positive, negative = zip(*(self._encode(s) for s in specs))
+        generators = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
+        stopped = False
+
+        def callback(pipe, i, t, tensors):
+            nonlocal stopped
+            if on_step(i + 1, first.steps):
+                pipe._interrupt = True  # diffusers' documented way to end the denoising loop early
+                stopped = True
+            return tensors
+
+        out = self.pipe(prompt_embeds=torch.cat(positive), negative_prompt_embeds=torch.cat(negative),
+                        width=first.width, height=first.height, num_inference_steps=first.steps,
+                        guidance_scale=first.guidance, generator=generators, output_type="pil",
+                        callback_on_step_end=callback)
+        return None if stopped else [png_bytes(im) for im in out.images]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Service-time estimate, events, metrics
+# ---------------------------------------------------------------------------------------------------------------
+class ServiceTime:
+    """EWMA of seconds per image-step, measured on whole batches (so the batching speed-up is in it)."""
+
+    def __init__(self, initial: float, alpha: float):
+        self.s_per_image_step, self.alpha, self.samples = initial, alpha, 0
+
+    def observe(self, seconds: float, images: int, steps: int) -> None:
+        sample = seconds / max(images * steps, 1)
+        self.s_per_image_step = sample if self.samples == 0 else self.alpha * sample + (1 - self.alpha) * self.s_per_image_step
+        self.samples += 1
+
+    def job_seconds(self, steps: int) -> float:
+        return self.s_per_image_step * steps
+
+
+class EventHub:
+    """Job events from the worker thread to asyncio subscribers (SSE streams, sync requests)."""
+
+    def __init__(self):
+        self._subscribers: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, job_id: str) -> asyncio.Queue:
+        queue = asyncio.Queue()
+        with self._lock:
+            self._subscribers.setdefault(job_id, []).append((asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, job_id: str, queue: asyncio.Queue) -> None:
+        with self._lock:
+            subs = [s for s in self._subscribers.get(job_id, []) if s[1] is not queue]
+            if subs:
+                self._subscribers[job_id] = subs
+            else:
+                self._subscribers.pop(job_id, None)
+
+    def publish(self, job_id: str, event: dict) -> None:
+        with self._lock:
+            subs = list(self._subscribers.get(job_id, []))
+        for loop, queue in subs:
+            with contextlib.suppress(RuntimeError):  # the subscriber's loop is closed
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+
+class Metrics:
+    def __init__(self, max_batch: int):
+        self.registry = r = prom.CollectorRegistry()
+        self.queue_depth = prom.Gauge("koclip_queue_depth", "Jobs waiting in the queue", registry=r)
+        self.running = prom.Gauge("koclip_running_jobs", "Jobs in the batch being generated", registry=r)
+        self.s_per_image_step = prom.Gauge("koclip_seconds_per_image_step", "EWMA service-time estimate", registry=r)
+        self.batch_size = prom.Histogram("koclip_batch_size", "Images per pipeline call", registry=r,
+                                         buckets=sorted({1, 2, 3, 4, 6, 8, 12, 16, 32, max_batch}))
+        self.batch_seconds = prom.Histogram("koclip_batch_seconds", "Seconds per pipeline call", registry=r,
+                                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160))
+        self.latency = prom.Histogram("koclip_job_latency_seconds", "Admission to image for succeeded jobs", registry=r,
+                                      buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600))
+        self.rejected = prom.Counter("koclip_rejected", "Requests refused at admission (429 queue full, 503 deadline)",
+                                     ["code", "reason"], registry=r)
+        self.finished = prom.Counter("koclip_jobs_finished", "Jobs by terminal state", ["state"], registry=r)
+        self.accepted = prom.Counter("koclip_jobs_accepted", "Jobs admitted (202)", registry=r)
+        self.expired = prom.Counter("koclip_jobs_expired", "Jobs whose deadline passed", registry=r)
+        self.failed = prom.Counter("koclip_jobs_failed", "Jobs whose generation raised", registry=r)
+        self.prompt_cache = prom.Counter("koclip_prompt_cache", "Prompt-embedding cache lookups", ["result"], registry=r)
+        for state in sorted(TERMINAL):
+            self.finished.labels(state)
+
+    def render(self) -> bytes:
+        return prom.generate_latest(self.registry)
+
+
+class Rejected(Exception):
+    """A request refused at admission: HTTP status, message, optional Retry-After seconds."""
+
+    def __init__(self, status: int, message: str, retry_after: Optional[int] = None):
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The job service: admission, the queue, the worker thread, recovery
+# ---------------------------------------------------------------------------------------------------------------
+class JobService:
+    def __init__(self, engine, settings: Settings, hub: Optional[EventHub] = None):
+        self.engine, self.settings = engine, settings
+        self.hub = hub or EventHub()
+        self.metrics = Metrics(settings.max_batch)
+        self.estimate = ServiceTime(settings.initial_s_per_image_step, settings.ewma_alpha)
+        self.store: Optional[JobStore] = None
+        self.jobs: dict[str, Job] = {}   # every job not yet purged (metadata only; PNGs stay in SQLite)
+        self.queue: list[Job] = []       # queued jobs in admission order
+        self.batch: list[Job] = []       # the batch being generated
+        self.batch_started = 0.0
+        self._batch_ids = itertools.count(1)
+        self._cache_seen = (0, 0)
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._paused = threading.Event()  # test hook: while set, the worker starts no new batch
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.ready = False
+        self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        self.metrics.running.set_function(lambda: len(self.batch))
+        self.metrics.s_per_image_step.set_function(lambda: self.estimate.s_per_image_step)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.store = JobStore(self.settings.db_path)
+        self.store.purge(time.time() - self.settings.result_ttl_s)
+        resumed = 0
+        for job in self.store.load():
+            if job.state == RUNNING:  # the process died mid-generation: same job, runs again from the start
+                job.state, job.started_at = QUEUED, None
+                self.store.save(job)
+            if job.state == QUEUED:
+                self.queue.append(job)
+                resumed += 1
+            self.jobs[job.id] = job
+        if resumed:
+            log.info("resumed %d accepted job(s) from %s", resumed, self.settings.db_path)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._work, name="koclip-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the worker; a batch in progress is interrupted and its jobs stay queued for the next start."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+        self.ready = False
+        if self.store and not (self._thread and self._thread.is_alive()):
+            self.store.close()
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+        with self._wake:
+            self._wake.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive()) and self.ready and not self._stop.is_set()
+
+    # -- admission ------------------------------------------------------------------------------------------
+    def _running_remaining(self, now: float) -> float:
+        if not self.batch:
+            return 0.0
+        total = self.estimate.job_seconds(self.batch[0].spec.steps) * len(self.batch)
+        return max(0.0, total - (now - self.batch_started))
+
+    def _wait_estimate(self, now: float, ahead: list[Job]) -> float:
+        return self._running_remaining(now) + sum(self.estimate.job_seconds(j.spec.steps) for j in ahead)
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has drained at the measured rate (at least 1)."""
+        with self._lock:
+            return max(1, math.ceil(self._wait_estimate(time.time(), self.queue)))
+
+    def submit(self, spec: JobSpec, deadline_s: float) -> tuple[Job, int, float]:
+        """Admit a job or raise Rejected. Returns (job, queue position, estimated seconds until it starts)."""
+        with self._lock:
+            if not self.alive:
+                raise Rejected(503, "the service is starting or stopping; try again shortly", retry_after=5)
+            now = time.time()
+            if len(self.queue) >= self.settings.max_queue:
+                retry = self.retry_after()
+                self.metrics.rejected.labels("429", "queue_full").inc()
+                raise Rejected(429, f"queue full ({len(self.queue)} jobs waiting); retry after {retry} s", retry)
+            start_in = self._wait_estimate(now, self.queue)
+            service = self.estimate.job_seconds(spec.steps)
+            if start_in + service > deadline_s:
+                self.metrics.rejected.labels("503", "deadline").inc()
+                raise Rejected(503, f"deadline_s={deadline_s:g} cannot be met: the estimated start is in {start_in:.1f} s "
+                                    f"and generation takes about {service:.1f} s; raise deadline_s or retry later",
+                               retry_after=math.ceil(start_in) if start_in >= 1 else None)
+            job = Job(id=uuid.uuid4().hex, spec=spec, created_at=now, deadline=now + deadline_s)
+            job.seq = self.store.insert(job)  # durable before the 202 goes out
+            self.jobs[job.id] = job
+            self.queue.append(job)
+            self.metrics.accepted.inc()
+            self._wake.notify_all()
+            return job, len(self.queue) - 1, start_in
+
+    # -- state changes (all under the lock; a terminal state never changes) -------------------------------
+    def _publish_state(self, job: Job) -> None:
+        self.hub.publish(job.id, {"event": "state", "job_id": job.id, "state": job.state, "reason": job.reason,
+                                  "attempts": job.attempts})
+
+    def _finish(self, job: Job, state: str, reason: Optional[str] = None, image: Optional[bytes] = None) -> bool:
+        with self._lock:
+            if job.state in TERMINAL:
+                return False
+            if job.state == QUEUED:
+                self.queue.remove(job)
+            job.state, job.reason, job.finished_at = state, reason, time.time()
+            self.store.save(job, image)
+            self.metrics.finished.labels(state).inc()
+            if state == EXPIRED:
+                self.metrics.expired.inc()
+            elif state == FAILED:
+                self.metrics.failed.inc()
+            elif state == SUCCEEDED:
+                self.metrics.latency.observe(job.finished_at - job.created_at)
+            self._publish_state(job)
+            return True
+
+    def cancel(self, job_id: str, reason: str = "cancelled by the client", state: str = CANCELLED) -> bool:
+        job = self.jobs.get(job_id)
+        return bool(job) and self._finish(job, state, reason)
+
+    def _expire_overdue(self, now: float) -> None:
+        with self._lock:
+            for job in [j for j in self.queue if now > j.deadline]:
+                waited = now - job.created_at
+                self._finish(job, EXPIRED, f"deadline passed before the job started ({waited:.1f} s after admission)")
+
+    def _purge(self, now: float) -> None:
+        with self._lock:
+            for job_id in self.store.purge(now - self.settings.result_ttl_s):
+                self.jobs.pop(job_id, None)
+
+    # -- the worker -----------------------------------------------------------------------------------------
+    def _take_batch(self) -> list[Job]:
+        """The oldest queued job decides the batch key; up to max_batch queued jobs with that key join it."""
+        with self._lock:
+            if not self.queue or self._paused.is_set():
+                return []
+            key = self.queue[0].spec.batch_key
+            batch = [j for j in self.queue if j.spec.batch_key == key][: self.settings.max_batch]
+            batch_id, now = next(self._batch_ids), time.time()
+            for job in batch:
+                self.queue.remove(job)
+                job.state, job.started_at, job.step = RUNNING, now, 0
+                job.attempts += 1
+                job.batch_id, job.batch_size = batch_id, len(batch)
+                self.store.save(job)
+                self._publish_state(job)
+            self.batch, self.batch_started = batch, now
+            return batch
+
+    def _work(self) -> None:
+        try:
+            if self.settings.warmup:
+                self._warmup()
+        except Exception:  # a broken pipeline should show in /readyz, not kill the process
+            log.exception("warm-up generation failed")
+            return
+        self.ready = True
+        next_purge = 0.0
+        while not self._stop.is_set():
+            now = time.time()
+            self._expire_overdue(now)
+            if now >= next_purge:
+                self._purge(now)
+                next_purge = now + self.settings.purge_interval_s
+            batch = self._take_batch()
+            if batch:
+                self._run(batch)
+                continue
+            with self._wake:
+                if not self._stop.is_set() and not (self.queue and not self._paused.is_set()):
+                    self._wake.wait(timeout=0.25)  # woken by submit/resume/stop; the timeout drives expiry
+
+    def _warmup(self) -> None:
+        width, height = self.engine.default_size
+        spec = JobSpec("warm-up", None, 0, 2, self.settings.default_guidance, width, height)
+        self.engine.generate([spec], lambda step, steps: False)
+        started = time.perf_counter()
+        self.engine.generate([spec], lambda step, steps: False)
+        self.estimate.observe(time.perf_counter() - started, 1, spec.steps)
+
+    def _on_step(self, batch: list[Job], step: int, steps: int) -> bool:
+        """Progress events and deadlines; True stops the pipeline (no job in the batch still wants it)."""
+        now = time.time()
+        with self._lock:
+            for job in batch:
+                if job.state == RUNNING and now > job.deadline:
+                    self._finish(job, EXPIRED, f"deadline passed during generation (step {step}/{steps})")
+            alive = [j for j in batch if j.state == RUNNING]
+            for job in alive:
+                job.step = step
+                self.hub.publish(job.id, {"event": "progress", "job_id": job.id, "step": step, "steps": steps})
+        self._expire_overdue(now)  # queued jobs expire on time while the worker is busy
+        return not alive or self._stop.is_set()
+
+    def _run(self, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        try:
+            images = self.engine.generate([j.spec for j in batch], lambda s, n: self._on_step(batch, s, n))
+        except Exception as err:
+            log.exception("batch of %d failed", len(batch))
+            self._count_cache()
+            with self._lock:
+                self.batch = []
+            survivors = [j for j in batch if j.state == RUNNING]
+            if len(batch) > 1 and not self._stop.is_set():  # one bad job must not fail its neighbours: run alone
+                for job in survivors:
+                    with self._lock:
+                        job.batch_id, job.batch_size = next(self._batch_ids), 1
+                        self.batch, self.batch_started = [job], time.time()
+                    self._run([job])
+            else:
+                for job in survivors:
+                    self._finish(job, FAILED, f"generation failed: {type(err).__name__}: {err}")
+            return
+        self._count_cache()
+        seconds = time.perf_counter() - started
+        with self._lock:
+            self.batch = []
+            if images is None:
+                if self._stop.is_set():  # shutting down: the jobs stay accepted and run after the restart
+                    for job in batch:
+                        if job.state == RUNNING:
+                            job.state, job.started_at = QUEUED, None
+                            self.store.save(job)
+                return
+            self.estimate.observe(seconds, len(batch), batch[0].spec.steps)
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_seconds.observe(seconds)
+            for job, png in zip(batch, images):
+                if job.state == RUNNING:
+                    job.step = job.spec.steps
+                    self._finish(job, SUCCEEDED, image=png)
+
+    def _count_cache(self) -> None:
+        hits, misses = getattr(self.engine, "cache_hits", 0), getattr(self.engine, "cache_misses", 0)
+        self.metrics.prompt_cache.labels("hit").inc(hits - self._cache_seen[0])
+        self.metrics.prompt_cache.labels("miss").inc(misses - self._cache_seen[1])
+        self._cache_seen = (hits, misses)
+
+    # -- reads ----------------------------------------------------------------------------------------------
+    def status(self, job_id: str) -> Optional[dict]:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            now = time.time()
+            out = {"job_id": job.id, "state": job.state, "reason": job.reason, "created_at": job.created_at,
+                   "deadline": job.deadline, "deadline_in_s": round(job.deadline - now, 3),
+                   "started_at": job.started_at, "finished_at": job.finished_at, "attempts": job.attempts,
+                   "progress": {"step": job.step, "steps": job.spec.steps}, "batch_id": job.batch_id,
+                   "batch_size": job.batch_size,
+                   "request": {**asdict(job.spec), "loras": [{"name": n, "weight": w} for n, w in job.spec.loras]}}
+            if job.state == QUEUED:
+                position = self.queue.index(job)
+                out["queue_position"] = position
+                out["estimated_start_s"] = round(self._wait_estimate(now, self.queue[:position]), 3)
+            if job.state == SUCCEEDED:
+                out["image_url"] = f"/v1/jobs/{job.id}/image"
+            return out
+
+    def image(self, job_id: str) -> Optional[bytes]:
+        return self.store.image(job_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------------------------
+def request_models(s: Settings, lora_names: frozenset[str]):
+    """The request body model, with this server's limits and LoRA registry in its validators."""
+
+    class LoraRef(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str = Field(description="a name from the LoRA registry (GET /v1/loras), never a file path")
+        weight: float = Field(1.0, ge=-s.max_lora_weight, le=s.max_lora_weight, allow_inf_nan=False)
+
+        @field_validator("name")
+        @classmethod
+        def registered(cls, name: str) -> str:
+            if "/" in name or "\\" in name or ".." in name:
+                raise ValueError(f"{name!r} looks like a path; give a registered LoRA name")
+            if name not in lora_names:
+                known = ", ".join(sorted(lora_names)) or "none are registered"
+                raise ValueError(f"unknown LoRA {name!r}; known: {known}")
+            return name
+
+    side = dict(ge=s.min_side, le=s.max_side, multiple_of=8)
+
+    class ImageRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prompt: str
+        negative_prompt: Optional[str] = None
+        seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="random when absent (stored with the job)")
+        steps: int = Field(s.default_steps, ge=1, le=s.max_steps)
+        guidance: float = Field(s.default_guidance, ge=0, le=s.max_guidance, allow_inf_nan=False)
+        width: Optional[int] = Field(None, **side)
+        height: Optional[int] = Field(None, **side)
+        loras: list[LoraRef] = Field(default_factory=list, max_length=s.max_loras)
+        deadline_s: Optional[float] = Field(None, gt=0, le=s.max_deadline_s, allow_inf_nan=False,
+                                            description=f"seconds from admission to image; default {s.default_deadline_s:g}")
+
+        @field_validator("prompt")
+        @classmethod
+        def prompt_text(cls, text: str) -> str:
+            if not text.strip():
+                raise ValueError("must not be empty or only whitespace")
+            if len(text) > s.max_prompt_chars:
+                raise ValueError(f"is {len(text)} characters; the limit is {s.max_prompt_chars}")
+            return text
+
+        @field_validator("negative_prompt")
+        @classmethod
+        def negative_text(cls, text: Optional[str]) -> Optional[str]:
+            if text is not None and len(text) > s.max_prompt_chars:
+                raise ValueError(f"is {len(text)} characters; the limit is {s.max_prompt_chars}")
+            return text or None
+
+        @field_validator("loras")
+        @classmethod
+        def distinct(cls, loras: list) -> list:
+            names = [lora.name for lora in loras]
+            if len(set(names)) != len(names):
+                raise ValueError("each LoRA may be named once")
+            return loras
+
+    return ImageRequest
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
+    """The FastAPI app around `engine` (a PipelineEngine or anything with `generate` and `default_size`)."""
+    settings = settings or Settings()
+    registry = load_lora_registry(settings.lora_registry)
+    if hasattr(engine, "loras"):
+        engine.loras.update(registry)
+    service = JobService(engine, settings)
+    ImageRequest = request_models(settings, frozenset(registry))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(service.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    app = FastAPI(title="koclip image service", lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if p != "body"]
+            name = ".".join(loc) or "body"
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            errors.append({"field": name, "message": f"{name}: {msg}"})
+        return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in errors), "errors": errors})
+
+    def require_key(request: Request) -> None:
+        if not settings.api_key:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if not (given and hmac.compare_digest(given.encode(), settings.api_key.encode())):
+            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def admit(req) -> tuple[Job, int, float]:
+        width, height = engine.default_size
+        spec = JobSpec(prompt=req.prompt, negative_prompt=req.negative_prompt,
+                       seed=req.seed if req.seed is not None else secrets.randbelow(2**32), steps=req.steps,
+                       guidance=float(req.guidance), width=req.width or width, height=req.height or height,
+                       loras=tuple((lora.name, float(lora.weight)) for lora in req.loras))
+        try:
+            return service.submit(spec, req.deadline_s or settings.default_deadline_s)
+        except Rejected as err:
+            headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+            raise HTTPException(err.status, err.message, headers=headers)
+
+    def known(job_id: str) -> dict:
+        status = service.status(job_id)
+        if status is None:
+            raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or purged after its TTL)")
+        return status
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    @v1.post("/images", status_code=202)
+    def submit(req: ImageRequest):
+        job, position, start_in = admit(req)
+        return {"job_id": job.id, "queue_position": position, "estimated_start_s": round(start_in, 3),
+                "deadline_s": round(job.deadline - job.created_at, 3), "status_url": f"/v1/jobs/{job.id}"}
+
+    @v1.post("/images:sync", responses={200: {"content": {"image/png": {}}}})
+    async def submit_and_wait(req: ImageRequest, request: Request):
+        job, _, _ = admit(req)
+        events = service.hub.subscribe(job.id)
+        try:
+            while job.state not in TERMINAL:
+                remaining = job.deadline - time.time()
+                if remaining <= 0:
+                    service.cancel(job.id, "deadline passed while the sync request waited", state=EXPIRED)
+                    break
+                try:
+                    await asyncio.wait_for(events.get(), timeout=min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():  # nobody is waiting for this image any more
+                        service.cancel(job.id, "the sync client disconnected")
+                        return Response(status_code=499)
+        finally:
+            service.hub.unsubscribe(job.id, events)
+        if job.state == SUCCEEDED:
+            return Response(service.image(job.id), media_type="image/png", headers={"X-Job-Id": job.id})
+        code = {EXPIRED: 504, FAILED: 500}.get(job.state, 409)
+        return JSONResponse(status_code=code, content={"detail": f"job {job.state}: {job.reason}", "job_id": job.id,
+                                                       "state": job.state, "reason": job.reason})
+
+    @v1.get("/jobs/{job_id}")
+    def job_status(job_id: str):
+        return known(job_id)
+
+    @v1.delete("/jobs/{job_id}")
+    def cancel(job_id: str):
+        status = known(job_id)
+        if not service.cancel(job_id):
+            raise HTTPException(409, f"job is already {status['state']}")
+        return known(job_id)
+
+    @v1.get("/jobs/{job_id}/image", responses={200: {"content": {"image/png": {}}}})
+    def job_image(job_id: str):
+        status = known(job_id)
+        if status["state"] != SUCCEEDED:
+            why = f": {status['reason']}" if status["reason"] else ""
+            raise HTTPException(409, f"job is {status['state']}{why}; no image")
+        return Response(service.image(job_id), media_type="image/png")
+
+    @v1.get("/jobs/{job_id}/events")
+    async def job_events(job_id: str, request: Request):
+        known(job_id)
+        events = service.hub.subscribe(job_id)  # before the snapshot, so no change falls between the two
+
+        async def stream():
+            try:
+                snapshot = service.status(job_id) or {"job_id": job_id, "state": "unknown"}
+                yield _sse("state", {"event": "state", **snapshot})
+                if snapshot["state"] not in TERMINAL:
+                    while True:
+                        try:
+                            event = await asyncio.wait_for(events.get(), timeout=15)
+                        except asyncio.TimeoutError:
+                            if await request.is_disconnected():
+                                return
+                            yield ": keep-alive\n\n"
+                            continue
+                        yield _sse(event["event"], event)
+                        if event["event"] == "state" and event["state"] in TERMINAL:
+                            return
+            finally:
+                service.hub.unsubscribe(job_id, events)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @v1.get("/loras")
+    def loras():
+        return {name: {k: v for k, v in entry.items() if k != "path"} for name, entry in registry.items()}
+
+    app.include_router(v1)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        if not service.alive:
+            return JSONResponse(status_code=503, content={"ready": False, "detail": "pipeline warming up or worker stopped"})
+        return {"ready": True, "queue": len(service.queue), "running": len(service.batch),
+                "seconds_per_image_step": service.estimate.s_per_image_step}
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(service.metrics.render(), media_type=prom.CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import uvicorn
+
+    from .evaluate import load_pipeline
+
+    d = Settings(api_key=None)
+    ap = argparse.ArgumentParser(prog="python -m koclip_lib.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout)")
+    ap.add_argument("--text-encoder", help="Korean student text encoder folder to swap in")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--db", default=d.db_path, help="SQLite file for jobs and results")
+    ap.add_argument("--max-queue", type=int, default=d.max_queue)
+    ap.add_argument("--max-batch", type=int, default=d.max_batch)
+    ap.add_argument("--lora-registry", help="JSON {name: {path, trigger, description}}")
+    ap.add_argument("--result-ttl-s", type=float, default=d.result_ttl_s)
+    ap.add_argument("--default-deadline-s", type=float, default=d.default_deadline_s)
+    ap.add_argument("--max-deadline-s", type=float, default=d.max_deadline_s)
+    ap.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars)
+    ap.add_argument("--max-side", type=int, default=d.max_side)
+    ap.add_argument("--default-steps", type=int, default=d.default_steps)
+    ap.add_argument("--max-steps", type=int, default=d.max_steps)
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at startup")
+    ap.add_argument("--device")
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--access-log", action="store_true")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(db_path=args.db, max_queue=args.max_queue, max_batch=args.max_batch,
+                        lora_registry=args.lora_registry, result_ttl_s=args.result_ttl_s,
+                        default_deadline_s=args.default_deadline_s, max_deadline_s=args.max_deadline_s,
+                        max_prompt_chars=args.max_prompt_chars, max_side=args.max_side,
+                        default_steps=args.default_steps, max_steps=args.max_steps, warmup=not args.no_warmup)
+    if settings.api_key:
+        log.info("API key required (KOCLIP_API_KEY is set)")
+    pipe = load_pipeline(args.pipeline, args.text_encoder, args.device)
+    app = create_app(PipelineEngine(pipe, cache_size=settings.embed_cache_size), settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

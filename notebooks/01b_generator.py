@@ -1,0 +1,128 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01b · The mini world's English text-to-image model
+#
+# The real project starts from OpenAI's CLIP (English) and Stable Diffusion 1.5, which was trained on CLIP's
+# frozen text hidden states. The mini world gets the same two things, trained from scratch on its own data and
+# built from the same library classes:
+#
+# * **teacher** — a tiny `transformers.CLIPModel` (text + vision towers) trained contrastively on rendered shapes and
+#   their English captions, with an English-only byte-level BPE tokenizer and CLIP's 77-position context;
+# * **generator** — a `diffusers.StableDiffusionPipeline` of a tiny `AutoencoderKL`, a tiny `UNet2DConditionModel`
+#   trained on the frozen teacher's `last_hidden_state` (10% empty prompts, for classifier-free guidance), and the
+#   teacher's `CLIPTextModel` + tokenizer, saved to `outputs/mini/sd/` with `save_pretrained`.
+#
+# Everything is cached under `outputs/mini/` by config: re-running does not retrain unless the params changed.
+
+# %% tags=["parameters"]
+params_file = "params/mini.yaml"
+overrides = {}  # e.g. {"metrics_dir": "/tmp/metrics"}: what the tests change
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import koreanize_matplotlib  # noqa: F401
+
+from koclip_lib import evaluate, generator, miniworld
+from koclip_lib.common import load_params, write_json
+
+params = {**load_params(params_file), **overrides}
+root = Path(params["root"])
+metrics = {}
+
+# %%
+started = time.time()
+paths = generator.ensure_generator(params, root)
+print(f"models ready in {time.time() - started:.0f} s (0 s when cached):", {k: str(v) for k, v in paths.items()})
+
+# %% [markdown]
+# ## The teacher
+# Korean falls apart into byte tokens in the teacher's tokenizer, as it does in real CLIP: this is why an English
+# generator cannot read Korean.
+
+# %%
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(paths["teacher"])
+pd.DataFrame([{"text": t, "tokens": len(ids), "first tokens": " ".join(tokenizer.convert_ids_to_tokens(ids)[:10])}
+              for t in ["a red star on the left", "왼쪽에 빨간 별이 있다"] for ids in [tokenizer(t).input_ids]])
+
+# %% [markdown]
+# Zero-shot accuracy: each rendered image against the 40 prompts "a {colour} {shape}".
+
+# %%
+teacher_metrics = json.loads((paths["teacher"] / "metrics.json").read_text())
+metrics["teacher_zero_shot"] = teacher_metrics["zero_shot"]
+pd.DataFrame(teacher_metrics["zero_shot"]).T.rename_axis("colour–shape pairs")
+
+# %% [markdown]
+# ## Training curves
+
+# %%
+curves = {"teacher CLIP (contrastive)": teacher_metrics["loss_curve"],
+          "VAE (reconstruction)": json.loads((paths["vae"] / "metrics.json").read_text())["loss_curve"],
+          "UNet (denoising)": json.loads((paths["sd"] / "train_metrics.json").read_text())["loss_curve"]}
+fig, axes = plt.subplots(1, 3, figsize=(13, 3))
+for ax, (name, curve) in zip(axes, curves.items()):
+    steps, losses = zip(*curve)
+    ax.plot(steps, losses)
+    ax.set_title(name)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
+fig.savefig(Path(params["figures_dir"]) / "01b_training_curves.png", dpi=80, bbox_inches="tight")
+
+# %% [markdown]
+# ## Does the generator follow English prompts?
+# `koclip_lib.evaluate` generates one image per prompt (fixed seeds) and lets the attribute classifier read it.
+# The same scenes are captioned in English and in Korean; held-out colour–shape pairs were never in training.
+# The last two rows are **the problem this project exists for**: the same English-only pipeline given Korean.
+
+# %%
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained(paths["sd"])
+pipe.set_progress_bar_config(disable=True)
+classifier = miniworld.load_classifier(paths["classifier"])
+prompt_files = miniworld.ensure_eval_prompts(params, root)
+eval_kwargs = {"steps": params["evaluate"]["steps"], "guidance_scale": params["evaluate"]["guidance_scale"]}
+table, images = evaluate.evaluate_prompt_files(
+    pipe, classifier, {"English, seen": prompt_files["en_seen"], "English, held-out": prompt_files["en_heldout"],
+                       "Korean, seen": prompt_files["ko_seen"], "Korean, held-out": prompt_files["ko_heldout"]}, **eval_kwargs)
+metrics["generator"] = table.to_dict(orient="index")
+table.round(3)
+
+# %%
+evaluate.image_grid(images["English, held-out"][0][:16], images["English, held-out"][1][:16], cols=8)
+
+# %%
+evaluate.image_grid(images["Korean, held-out"][0][:16], images["Korean, held-out"][1][:16], cols=8)
+
+# %% [markdown]
+# The command-line form of the same check (its last line is the JSON result):
+#
+#     python -m koclip_lib.evaluate --pipeline outputs/mini/sd --prompts outputs/mini/prompts/en_heldout.tsv
+
+# %%
+cli_result = evaluate.main(["--pipeline", str(paths["sd"]), "--prompts", str(prompt_files["en_heldout"]),
+                            "--classifier", str(paths["classifier"]), "--limit", "64",
+                            "--save-grid", str(Path(params["figures_dir"]) / "01b_english_heldout.png")])
+
+# %%
+write_json(Path(params["metrics_dir"]) / "01b_generator.json", metrics)
