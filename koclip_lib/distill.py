@@ -35,6 +35,12 @@ from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
 OBJECTIVES = ("pooled", "sequence", "unet")
 
 
+def mw_default_heldout() -> list:
+    from .miniworld import WorldConfig
+
+    return WorldConfig().heldout
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The student model: any 🤗 encoder backbone (a Korean RoBERTa) + a resampler head + a pooled head.
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,14 +129,16 @@ class KoreanTextEncoder(PreTrainedModel):
         return model
 
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, return_dict=None, **kwargs):
+        if output_hidden_states:
+            # SD's clip_skip reads CLIP's intermediate layers; the student is trained on the final states only
+            raise ValueError("KoreanTextEncoder has no per-layer CLIP states: clip_skip / output_hidden_states are not supported")
         if attention_mask is None:
             attention_mask = (input_ids != self.config.backbone.get("pad_token_id", 1)).long()
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         sequence = self.head(states, attention_mask)
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         pooled = self.pooled_head((states * mask).sum(1) / mask.sum(1).clamp(min=1))
-        out = BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled,
-                                         hidden_states=(sequence,) if output_hidden_states else None)
+        out = BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled)
         return out if return_dict is not False else out.to_tuple()
 
 
@@ -187,7 +195,8 @@ def encode(model, tokenizer, texts):
     outputs are then the states the UNet will read."""
     from .generator import prompt_states
 
-    return prompt_states(model, tokenizer, texts)
+    # an encoder that masks padding (the student) gives the same states for any padding length: pad to the longest
+    return prompt_states(model, tokenizer, texts, pad_to_max=not getattr(model.config, "use_attention_mask", False))
 
 
 def sequence_mse(student_seq, teacher_seq, norm_weighted: bool = False):
@@ -216,6 +225,7 @@ class DistillConfig:
     unet_sequence_weight: float = 0.5  # the unet stage keeps the sequence loss as an anchor
     n_latents: int = 4000  # images encoded once for the unet stage
     val_pairs: int = 512
+    heldout: list = field(default_factory=lambda: mw_default_heldout())  # kept out of the unet stage's latents too
     loop: dict = field(default_factory=lambda: {"steps": 1500, "lr": 1e-3, "batch_size": 128, "warmup_steps": 100,
                                                 "validate_every": 250, "patience": 3})
     unet_loop: dict = field(default_factory=lambda: {"steps": 400, "lr": 2e-4, "batch_size": 32, "warmup_steps": 20,
@@ -238,6 +248,14 @@ class Distiller:
         self.teacher, self.teacher_tok = teacher.eval().requires_grad_(False), teacher_tok
         self.unet = unet.eval().requires_grad_(False) if unet is not None else None
         self.latents, self.scheduler = latents, scheduler
+
+    def to(self, device):
+        """Frozen parts follow the student (train_loop puts it on the accelerator's device)."""
+        self.teacher.to(device)
+        if self.unet is not None:
+            self.unet.to(device)
+            self.latents = self.latents.to(device)
+        return self
 
     def targets(self, texts):
         with torch.no_grad():
@@ -264,7 +282,7 @@ class Distiller:
             loss = loss + cfg.english_weight * (logs["seq_en"] + cfg.pooled_weight * F.mse_loss(s_en.pooler_output, t_pool))
         if objective == "unet":
             idx = torch.randint(len(self.latents), (len(ko),), generator=gen)
-            x0 = self.latents[idx].to(t_seq.device)
+            x0 = self.latents[idx.to(self.latents.device)]
             noise = torch.randn(x0.shape, generator=gen).to(x0.device)
             t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(ko),), generator=gen).to(x0.device)
             noisy = self.scheduler.add_noise(x0, noise, t)
@@ -297,8 +315,10 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
     if init_from is not None:  # the unet stage starts from the sequence student
         student, student_tok = load_student(init_from)
     else:
+        torch.manual_seed(cfg.seed)  # the heads (and a random backbone) start from the seed alone
         if cfg.backbone:
             student_tok = AutoTokenizer.from_pretrained(cfg.backbone)
+            student_tok.model_max_length = cfg.max_length  # SD pads prompts to this; a hub tokenizer may say 512 or "unset"
             student = KoreanTextEncoder.from_backbone(cfg.backbone, teacher.config.hidden_size,
                                                       head_layers=cfg.head_layers, head_heads=cfg.head_heads)
         else:
@@ -307,7 +327,6 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
                                                "max_position_embeddings": cfg.max_length + 2,
                                                "pad_token_id": student_tok.pad_token_id, "bos_token_id": student_tok.bos_token_id,
                                                "eos_token_id": student_tok.eos_token_id, "type_vocab_size": 1})
-            torch.manual_seed(cfg.seed)
             student = KoreanTextEncoder.from_backbone(backbone, teacher.config.hidden_size,
                                                       head_layers=cfg.head_layers, head_heads=cfg.head_heads)
     student.config.teacher = str(teacher_dir)
@@ -319,6 +338,7 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
     loop = LoopConfig.from_params(cfg.unet_loop if cfg.objective == "unet" else cfg.loop, seed=cfg.seed)
 
     def loss_fn(step):
+        distiller.to(student.device)
         gen = step_generator(cfg.seed, step)
         ko, en = _batch(train_pairs, loop.batch_size, gen, cfg.empty_prob if cfg.objective != "pooled" else 0.0)
         return distiller.loss(cfg.objective, ko, en, gen)
@@ -348,7 +368,7 @@ def _unet_stage_inputs(sd_dir, cfg: DistillConfig):
     sd_dir = Path(sd_dir)
     unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
     vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
-    world = mw.WorldConfig(image_size=vae.config.sample_size)
+    world = mw.WorldConfig(image_size=vae.config.sample_size, heldout=cfg.heldout)
     scenes = mw.sample_scenes(cfg.n_latents, cfg.seed + 3, world, split="seen")
     latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 3, world.image_size))
     return unet, latents, DDPMScheduler.from_pretrained(sd_dir / "scheduler")
@@ -395,11 +415,12 @@ def ensure_students(params: dict, root="outputs/mini") -> dict[str, Path]:
     paths = ensure_generator(params, root)
     corpus_dir = mw.ensure_world_corpus(params, root)
     section = params.get("distill", {})
-    base = {k: v for k, v in section.items() if k != "objectives"}
+    base = {k: v for k, v in section.items() if k in DistillConfig.__dataclass_fields__}
     teacher_dir = Path(section.get("teacher") or paths["teacher"])
     out = {}
     for objective in section.get("objectives", list(OBJECTIVES)):
-        cfg = DistillConfig(**{**base, "objective": objective, "seed": params.get("seed", 0)})
+        cfg = DistillConfig(**{**base, "objective": objective, "seed": params.get("seed", 0),
+                               "heldout": mw.WorldConfig.from_params(params.get("world")).heldout})
         init = out.get("sequence") if objective == "unet" else None
         if objective == "unet" and init is None:
             raise ValueError("the unet objective starts from the sequence student: list 'sequence' before 'unet'")

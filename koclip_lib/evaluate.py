@@ -1,7 +1,7 @@
 """Score a text-to-image pipeline on a prompt file with the mini-world attribute classifier.
 
     python -m koclip_lib.evaluate --pipeline outputs/mini/sd --prompts prompts.tsv [--text-encoder DIR]
-        [--lora NAME[:WEIGHT]] [--seeds N] [--save-grid grid.png]
+        [--translate DIR] [--seeds N] [--save-grid grid.png]
 
 The prompt file is a TSV with a header: `prompt`, `color`, `shape` and optionally `position`, `style`
 (English attribute names of the mini-world vocabulary; an empty cell is not scored). The last line printed is
@@ -77,7 +77,7 @@ def read_prompt_tsv(path: str | Path) -> list[PromptRow]:
 
 
 @torch.no_grad()
-def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance_scale: float = 5.0,
+def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance_scale: float = 3.0,
              batch_size: int = 64, negative_prompt: str | None = None, **call_kwargs) -> tuple[torch.Tensor, float]:
     """Images (N, 3, H, W) in [-1, 1] for each (prompt, seed) pair, one generator per image so the batch size
     never changes an image; returns them with the wall-clock seconds per image."""
@@ -184,12 +184,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--prompts", required=True, help="TSV: prompt, color, shape[, position, style]")
     ap.add_argument("--text-encoder", help="Korean student folder to swap in for the pipeline's text encoder")
     ap.add_argument("--translate", help="translator folder: translate Korean prompts to English first (baseline)")
-    ap.add_argument("--lora", action="append", default=[], help="NAME[:WEIGHT] from the LoRA registry; repeatable")
     ap.add_argument("--classifier", default="outputs/mini/classifier", help="attribute classifier folder")
     ap.add_argument("--seeds", type=int, default=1, help="images per prompt")
     ap.add_argument("--base-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (the mini profile's)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, help="score only the first N prompts")
     ap.add_argument("--save-grid", help="write an image grid (first 64 images) with prompts as labels")
@@ -203,10 +202,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = rows[: args.limit] if args.limit else rows
     classifier = load_classifier(args.classifier)
     pipe = load_pipeline(args.pipeline, args.text_encoder, args.device)
-    if args.lora:
-        from .lora import apply_lora_args
-
-        apply_lora_args(pipe, args.lora)
     translate_seconds = None
     if args.translate:
         from .translate import Translator
@@ -221,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if translate_seconds is not None:
         result["translate_seconds_per_prompt"] = translate_seconds
     result.update({"pipeline": str(args.pipeline), "prompts": str(args.prompts), "text_encoder": args.text_encoder,
-                   "translate": args.translate, "lora": args.lora, "steps": args.steps, "guidance": args.guidance})
+                   "translate": args.translate, "steps": args.steps, "guidance": args.guidance})
     if args.save_grid:
         Path(args.save_grid).parent.mkdir(parents=True, exist_ok=True)
         image_grid(images[:64], [r.prompt for r in expanded[:64]]).save(args.save_grid)
@@ -243,6 +238,18 @@ def evaluate_prompt_files(pipe, classifier: AttributeClassifier, files: dict[str
                         "images": result["images"], "s/image": result["seconds_per_image"]})
         images[name] = (imgs, [r.prompt for r in expanded])
     return pd.DataFrame(records).set_index("prompts"), images
+
+
+def guidance_sweep(pipe, classifier: AttributeClassifier, prompt_file: str | Path, scales=(1.0, 2.0, 3.0, 5.0, 7.5), **kwargs):
+    """Accuracy per classifier-free guidance scale on one prompt file (same seeds for every scale)."""
+    import pandas as pd
+
+    rows = read_prompt_tsv(prompt_file)
+    records = []
+    for scale in scales:
+        result, _, _ = evaluate_rows(pipe, rows, classifier, guidance_scale=scale, **kwargs)
+        records.append({"guidance": scale, **{f"{k} acc": v for k, v in result["accuracy"].items()}})
+    return pd.DataFrame(records).set_index("guidance")
 
 
 if __name__ == "__main__":

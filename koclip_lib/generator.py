@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
 
 from . import miniworld as mw
-from .common import cached_artifact, write_json
+from .common import cached_artifact, seed_everything, write_json
 from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
 
 MAX_LENGTH = 77  # CLIP's context length: SD 1.x cross-attends to exactly 77 positions
@@ -57,12 +57,12 @@ def tokenize(tokenizer, texts: list[str], device="cpu", padding: str = "max_leng
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
-def prompt_states(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+def prompt_states(text_encoder, tokenizer, texts: list[str], pad_to_max: bool = True):
     """The text states exactly as `StableDiffusionPipeline.encode_prompt` computes them: padded to the tokenizer's
     max length, attention mask passed only if the encoder's config asks for it (CLIP's does not, so the padding
     positions attend to each other). Training on anything else would leave the UNet reading different states."""
-    enc = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt")
+    enc = tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt")
     device = next(text_encoder.parameters()).device
     mask = enc.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
     return text_encoder(enc.input_ids.to(device), attention_mask=mask)
@@ -107,6 +107,7 @@ def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig
     scenes = mw.sample_scenes(cfg.n_images, cfg.seed, world, split="seen", styles=list(mw.STYLES))
     rng = random.Random(cfg.seed)
     tokenizer = train_english_tokenizer([mw.caption_en(s, rng, world) for s in scenes for _ in range(3)], cfg.vocab_size)
+    seed_everything(cfg.seed)  # initial weights depend on the config alone, not on what ran before in the process
     model = build_teacher(cfg, tokenizer, world.image_size)
     images = mw.render_batch(scenes, cfg.seed, world.image_size)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
@@ -115,7 +116,8 @@ def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig
         gen = step_generator(cfg.seed, step)
         idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
         texts = _caption_batch([scenes[i] for i in idx], mw.caption_en, cfg.seed * 7919 + step, world)
-        out = model(**tokenize(tokenizer, texts, padding="longest"), pixel_values=images[idx], return_loss=True)
+        out = model(**tokenize(tokenizer, texts, model.device, padding="longest"), pixel_values=images[idx].to(model.device),
+                    return_loss=True)
         return out.loss
 
     log = train_loop([model], loss_fn, loop, out_dir, desc="teacher CLIP")
@@ -189,6 +191,7 @@ def build_vae(cfg: VAEConfig, image_size: int) -> AutoencoderKL:
 def train_vae(out_dir: str | Path, world: mw.WorldConfig, cfg: VAEConfig) -> dict:
     """Reconstruction (L1 + MSE) + a small KL term; sets `scaling_factor` so latents have unit variance, like SD."""
     out_dir = Path(out_dir)
+    seed_everything(cfg.seed)
     vae = build_vae(cfg, world.image_size)
     scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 1, world, split="all", styles=list(mw.STYLES))
     images = mw.render_batch(scenes, cfg.seed + 1, world.image_size)
@@ -196,11 +199,14 @@ def train_vae(out_dir: str | Path, world: mw.WorldConfig, cfg: VAEConfig) -> dic
 
     def loss_fn(step):
         gen = step_generator(cfg.seed, step)
-        x = images[torch.randint(len(images), (loop.batch_size,), generator=gen)]
+        x = images[torch.randint(len(images), (loop.batch_size,), generator=gen)].to(vae.device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(vae.device)
         recon = vae.decode(z).sample
-        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        # shapes cover a small part of the image: weight pixels by how far they are from the image's mean colour,
+        # or the decoder learns the background long before it learns the colour of the shape
+        weight = 1 + 5 * (x - x.mean(dim=(2, 3), keepdim=True)).abs().mean(1, keepdim=True)
+        rec = (weight * ((recon - x).abs() + (recon - x).pow(2))).mean() / weight.mean()
         kl = posterior.kl().mean()
         return {"loss": rec + cfg.kl_weight * kl, "recon": rec.detach(), "kl": kl.detach()}
 
@@ -251,6 +257,7 @@ def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teac
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 2, world, split="seen")
     latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 2, world.image_size))
+    seed_everything(cfg.seed)
     unet = build_unet(cfg, latents.shape[-1], text_encoder.config.hidden_size)
     scheduler = noise_scheduler(cfg.prediction_type)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
@@ -261,11 +268,12 @@ def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teac
         texts = _caption_batch([scenes[i] for i in idx], mw.caption_en, cfg.seed * 7919 + step, world)
         drop = torch.rand(len(texts), generator=gen) < cfg.uncond_prob
         texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
+        text_encoder.to(unet.device)  # frozen parts follow the UNet onto the accelerator's device
         with torch.no_grad():
             cond = prompt_states(text_encoder, tokenizer, texts).last_hidden_state
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+        x0 = latents[idx].to(unet.device)
+        noise = torch.randn(x0.shape, generator=gen).to(unet.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(unet.device)
         pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         return F.mse_loss(pred, target)

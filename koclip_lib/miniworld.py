@@ -384,7 +384,7 @@ def train_classifier(out_dir: str | Path, world: WorldConfig, n_train: int = 160
     """Train the judge on fresh renders of every combination and both styles; save weights + metrics."""
     from safetensors.torch import save_file
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # initial weights depend on the seed alone
     scenes = sample_scenes(n_train, seed, world, split="all", styles=list(STYLES))
     images = render_batch(scenes, seed, world.image_size)
     labels = _labels(scenes)

@@ -20,10 +20,10 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 def list_notebooks(only: list[str] | None = None) -> list[Path]:
-    """notebooks/NN_name.py in order, optionally only those whose number or name starts with one of `only`."""
-    found = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    """notebooks/NN_name.py in order, optionally only those whose number (01, 01b) or full name is in `only`."""
+    found = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]*_*.py"))  # 01_corpus, 01b_generator, 02_distill, ...
     if only:
-        found = [p for p in found if any(p.stem.startswith(o) or p.stem.split("_", 1)[0] == o for o in only)]
+        found = [p for p in found if any(o in (p.stem, p.stem.split("_", 1)[0]) for o in only)]
     return found
 
 

@@ -22,6 +22,8 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from .common import seed_everything
+
 
 @dataclass
 class LoopConfig:
@@ -55,13 +57,16 @@ class LoopState:
         self.history: list[dict] = []
         self.best_val = math.inf
         self.bad_validations = 0
+        self.stopped_early = False
 
     def state_dict(self):
-        return {"step": self.step, "history": self.history, "best_val": self.best_val, "bad_validations": self.bad_validations}
+        return {"step": self.step, "history": self.history, "best_val": self.best_val, "bad_validations": self.bad_validations,
+                "stopped_early": self.stopped_early}
 
     def load_state_dict(self, state):
         self.step, self.history = state["step"], state["history"]
         self.best_val, self.bad_validations = state["best_val"], state["bad_validations"]
+        self.stopped_early = state.get("stopped_early", False)
 
 
 def step_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -102,6 +107,7 @@ def train_loop(
     optimizer, scheduler = prepared[-2], prepared[-1]
     state = LoopState()
     accelerator.register_for_checkpointing(state)
+    seed_everything(cfg.seed)  # dropout and any other draw start from the seed; a resume restores the saved RNG states
 
     resume = latest_checkpoint(out_dir)
     if resume is not None:
@@ -110,10 +116,10 @@ def train_loop(
     best_path = out_dir / "best_weights.pt"  # on disk, so a resumed run still restores the best weights
     started = time.time()
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, mininterval=5)
-    stopped_early = False
+    stopped_early = state.stopped_early  # a run resumed from its early-stop checkpoint stays stopped
     for m in models:
         m.train()
-    while state.step < cfg.steps:
+    while state.step < cfg.steps and not stopped_early:
         if stop_after is not None and state.step >= stop_after:
             break
         with accelerator.autocast():
@@ -145,7 +151,7 @@ def train_loop(
             else:
                 state.bad_validations += 1
                 if cfg.patience and state.bad_validations >= cfg.patience:
-                    stopped_early = True
+                    stopped_early = state.stopped_early = True
         if state.step % cfg.checkpoint_every == 0 or stopped_early:
             _save_checkpoint(accelerator, out_dir, state.step, cfg.keep_checkpoints)
         if stopped_early:

@@ -23,7 +23,7 @@
 # | `sequence` | all 77 hidden states through a learned-query resampler, + the pooled term, + empty prompt → teacher's empty prompt | SD cross-attends to the whole 77 × width sequence |
 # | `unet` | the frozen UNet's noise prediction given student(ko) vs teacher(en), same latent and timestep (from `sequence`) | optimises exactly what the generator consumes |
 #
-# Validation loss is measured every 250 steps on the corpus's validation split; training stops early when it stops
+# Validation loss is measured every 200 steps on the corpus's validation split; training stops early when it stops
 # improving and keeps the best weights. Held-out colour–shape pairs are in neither the corpus nor the generator's data.
 
 # %% tags=["parameters"]

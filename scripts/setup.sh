@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv/ in the repository root and install koclip with everything the notebooks and tests need.
-# torch comes first: on a machine without an NVIDIA GPU the CPU build is installed (a plain `torch` requirement
-# would pull a multi-GB CUDA build); with a GPU, the default build. Re-running is cheap: installed packages stay.
-#   TORCH_SPEC        pip requirement for torch on a CPU-only machine (default: torch==2.13.0)
-#   TORCH_INDEX_URL   extra index to take it from (e.g. PyTorch's CPU wheel index, where the machine reaches it)
+# torch comes first, so the project's `torch>=2.3` is already met and pip pulls no CUDA build behind our back.
+# Without an NVIDIA GPU: TORCH_SPEC (default torch==2.13.0, which this workplace's pip takes from a CPU wheel on
+# local disk; on other machines PyPI's Linux wheel of that version is a CUDA build, so set TORCH_INDEX_URL to
+# PyTorch's CPU wheel index there). With a GPU: the default build. Re-running is cheap: installed packages stay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

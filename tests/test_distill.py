@@ -48,13 +48,19 @@ def test_student_outputs_the_teachers_shape_for_any_length(tiny_corpus, tiny_par
 
 def test_pooled_objective_is_the_seeds_loss_exactly(tiny_corpus, tiny_parts, tmp_path):
     result = distill.train_student(tmp_path, _cfg("pooled", steps=1), tiny_corpus, tiny_parts / "teacher")
-    d = distill.Distiller(_cfg("pooled"), result["student"], result["tokenizer"], result["teacher"], result["teacher_tok"])
+    student, tok, teacher, t_tok = result["student"], result["tokenizer"], result["teacher"], result["teacher_tok"]
+    d = distill.Distiller(_cfg("pooled"), student, tok, teacher, t_tok)
     ko, en = ["왼쪽에 빨간 별이 있다", "파란 하트"], ["a red star on the left", "a blue heart"]
-    t = distill.encode(result["teacher"], result["teacher_tok"], en).pooler_output
-    s_ko = distill.encode(result["student"], result["tokenizer"], ko).pooler_output
-    s_en = distill.encode(result["student"], result["tokenizer"], en).pooler_output
-    expected = F.mse_loss(s_ko, t) + F.mse_loss(s_en, t)
-    torch.testing.assert_close(d.loss("pooled", ko, en, torch.Generator())["loss"], expected)
+    # computed by hand, without the module's helpers: the teacher's pooled output (at its end token) for English,
+    # the student's for Korean and for English, two mean-squared errors added
+    t_ids = t_tok(en, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    t = teacher(input_ids=t_ids).pooler_output
+    s_ko = student(**tok(ko, padding=True, return_tensors="pt")).pooler_output
+    s_en = student(**tok(en, padding=True, return_tensors="pt")).pooler_output
+    expected = ((s_ko - t) ** 2).mean() + ((s_en - t) ** 2).mean()
+    logs = d.loss("pooled", ko, en, torch.Generator())
+    torch.testing.assert_close(logs["loss"], expected)
+    assert set(logs) == {"loss", "pooled_ko", "pooled_en"}  # nothing else: no sequence term in the seed's loss
 
 
 def test_sequence_objective_lowers_validation_loss(tiny_corpus, tiny_parts, tmp_path):
@@ -99,7 +105,11 @@ def test_full_profile_path_with_pretrained_stand_ins(tiny_corpus, tiny_parts, tm
                                 loop={"steps": 3, "lr": 1e-3, "batch_size": 8, "warmup_steps": 0})
     result = distill.train_student(tmp_path / "out", cfg, tiny_corpus, tmp_path / "clip-text")
     student = result["student"]
-    torch.testing.assert_close(student.backbone.embeddings.word_embeddings.weight.shape, roberta.embeddings.word_embeddings.weight.shape)
+    fresh = distill.KoreanTextEncoder.from_backbone(str(tmp_path / "roberta"), 32)
+    loaded, original = fresh.backbone.state_dict(), roberta.state_dict()
+    assert set(loaded) == set(original)  # every pretrained weight has its place in the student
+    assert all(torch.equal(loaded[k], original[k]) for k in original)
+    assert result["tokenizer"].model_max_length == cfg.max_length
     distill.save_student(student, result["tokenizer"], tmp_path / "student", {})
     from koclip_lib.pipeline import load_korean_pipeline
 

@@ -58,3 +58,16 @@ def test_english_generator_targets(run_dir):
     assert g["English, held-out"]["color acc"] >= 0.90, g
     assert g["English, held-out"]["shape acc"] >= 0.75, g
     assert g["Korean, held-out"]["color acc"] < 0.5 * g["English, held-out"]["color acc"], g
+
+
+def test_distillation_targets(run_dir):
+    """Issue target: the best objective's Korean-prompt accuracy on held-out pairs is >= 90% of the teacher's
+    English-prompt accuracy, for colour and for shape; all three objectives and the raw baseline are measured."""
+    m = _metrics(run_dir, "02_distill")
+    best = m["ratio_to_teacher_heldout"][m["best_objective"]]
+    assert best["color"] >= 0.9 and best["shape"] >= 0.9, m["ratio_to_teacher_heldout"]
+    encoders = {key.split(" | ")[0] for key in m["image"]}
+    assert {"teacher · Korean prompts (the problem)", "student · pooled · Korean prompts",
+            "student · sequence · Korean prompts", "student · unet · Korean prompts"} <= encoders
+    raw = m["embedding"]["teacher reading Korean (no distillation)"]
+    assert max(e["R@1"] for k, e in m["embedding"].items() if k.startswith("student")) > raw["R@1"]
