@@ -81,7 +81,6 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20
              batch_size: int = 64, negative_prompt: str | None = None, **call_kwargs) -> tuple[torch.Tensor, float]:
     """Images (N, 3, H, W) in [-1, 1] for each (prompt, seed) pair, one generator per image so the batch size
     never changes an image; returns them with the wall-clock seconds per image."""
-    device = pipe.device
     images = []
     started = time.perf_counter()
     for start in range(0, len(prompts), batch_size):

@@ -8,9 +8,7 @@ a `diffusers.StableDiffusionPipeline` that `from_pretrained` loads like any SD 1
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -1,9 +1,7 @@
 """The Korean student: its interface, the three objectives, resume, and the full-profile path on tiny stand-ins."""
-import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel, RobertaConfig, RobertaModel
 
 from koclip_lib import distill

@@ -1,12 +1,9 @@
 """The English generator's building blocks on tiny random models (the trained ones are checked by the notebooks)."""
-import random
 
-import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
 from koclip_lib import generator as g
-from koclip_lib import miniworld as mw
 
 
 def test_english_tokenizer_breaks_korean_into_bytes(tiny_parts):

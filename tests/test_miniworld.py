@@ -3,7 +3,6 @@ import random
 import re
 
 import pytest
-import torch
 
 from koclip_lib import miniworld as mw
 from koclip_lib.common import cached_artifact

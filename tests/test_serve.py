@@ -1,7 +1,6 @@
 """The image service on a tiny random pipeline: admission, deadlines, batching, recovery, events, auth."""
 import io
 import json
-import random
 import socket
 import sqlite3
 import threading
@@ -12,23 +11,15 @@ import pytest
 from PIL import Image
 from fastapi.testclient import TestClient
 
-from koclip_lib import generator as g
-from koclip_lib import miniworld as mw
 from koclip_lib.serve import PipelineEngine, Settings, create_app
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_serve")
-    world, rng = mw.WorldConfig(), random.Random(0)
-    scenes = mw.sample_scenes(200, 0, world, split="all", styles=list(mw.STYLES))
-    tokenizer = g.train_english_tokenizer([mw.caption_en(s, rng, world) for s in scenes], vocab_size=300)
-    teacher = g.build_teacher(g.TeacherConfig(width=32, layers=1, vision_layers=1, heads=2, projection_dim=16), tokenizer, 32)
-    teacher.save_pretrained(root / "teacher")
-    tokenizer.save_pretrained(root / "teacher")
-    g.build_vae(g.VAEConfig(block_out_channels=[8, 16, 16]), 32).save_pretrained(root / "vae")
-    g.build_unet(g.UNetConfig(block_out_channels=[16, 32]), 8, 32).save_pretrained(root / "unet")
-    pipe = g.assemble_pipeline(root / "teacher", root / "vae", root / "unet")
+def tiny_pipe(tiny_parts):
+    """The tiny random SD pipeline every test module shares (conftest.tiny_parts), loaded as a user would."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
