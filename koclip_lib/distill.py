@@ -30,15 +30,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .common import cached_artifact, write_json
+from .miniworld import WorldConfig
 from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
 
 OBJECTIVES = ("pooled", "sequence", "unet")
-
-
-def mw_default_heldout() -> list:
-    from .miniworld import WorldConfig
-
-    return WorldConfig().heldout
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,7 +220,7 @@ class DistillConfig:
     unet_sequence_weight: float = 0.5  # the unet stage keeps the sequence loss as an anchor
     n_latents: int = 4000  # images encoded once for the unet stage
     val_pairs: int = 512
-    heldout: list = field(default_factory=lambda: mw_default_heldout())  # kept out of the unet stage's latents too
+    heldout: list = field(default_factory=lambda: WorldConfig().heldout)  # kept out of the unet stage's latents too
     loop: dict = field(default_factory=lambda: {"steps": 1500, "lr": 1e-3, "batch_size": 128, "warmup_steps": 100,
                                                 "validate_every": 250, "patience": 3})
     unet_loop: dict = field(default_factory=lambda: {"steps": 400, "lr": 2e-4, "batch_size": 32, "warmup_steps": 20,

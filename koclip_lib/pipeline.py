@@ -9,7 +9,6 @@ with a message that names both numbers and the fix, never with a shape error fro
 
 from __future__ import annotations
 
-
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
