@@ -163,14 +163,14 @@ def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[st
 
 
 def load_pipeline(pipeline_dir: str | Path, text_encoder: str | Path | None = None, device: str | None = None):
-    """The SD pipeline from a folder, with a Korean student text encoder swapped in when one is given."""
+    """The SD pipeline from a folder, with a Korean student text encoder swapped in when one is given; a folder
+    saved from a Korean pipeline loads as one."""
     from diffusers import StableDiffusionPipeline
 
     from .common import pick_device
+    from .pipeline import is_korean_pipeline, load_korean_pipeline
 
-    if text_encoder is not None:
-        from .pipeline import load_korean_pipeline
-
+    if text_encoder is not None or is_korean_pipeline(pipeline_dir):
         return load_korean_pipeline(sd=pipeline_dir, text_encoder=text_encoder, device=device)
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -179,7 +179,7 @@ def load_pipeline(pipeline_dir: str | Path, text_encoder: str | Path | None = No
 
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m koclip_lib.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout)")
+    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout), English or Korean")
     ap.add_argument("--prompts", required=True, help="TSV: prompt, color, shape[, position, style]")
     ap.add_argument("--text-encoder", help="Korean student folder to swap in for the pipeline's text encoder")
     ap.add_argument("--translate", help="translator folder: translate Korean prompts to English first (baseline)")
@@ -253,3 +253,84 @@ def guidance_sweep(pipe, classifier: AttributeClassifier, prompt_file: str | Pat
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def sd_sweep(versions: dict[str, dict], encoders: dict[str, tuple[str, str | Path | None]], prompts: Sequence[tuple[str, str]],
+             seed: int, classifier: AttributeClassifier | None = None, prompt_files: dict[str, tuple[str, str]] | None = None,
+             limit: int | None = None, device: str | None = None, **generate_kwargs):
+    """SD versions x text encoders x prompts, with the same seed everywhere.
+
+    versions: {name: {"path": SD folder or hub id, "stand_in": config-only folder}} (`generator.resolve_sd_versions`).
+    encoders: {name: (kind, folder)}: kind "teacher" (the checkpoint's own English encoder on the English prompt),
+      "raw" (the same on the Korean prompt: the problem), "student" (a Korean student swapped in, Korean prompt) or
+      "translator" (a translator's English for the Korean prompt, then the checkpoint's own encoder).
+    prompts: (Korean, English) pairs drawn as the grid. prompt_files: {name: (Korean TSV, English TSV)} scored with
+      `classifier` (mini) into accuracy columns, the first `limit` rows of each.
+    Returns (table, grids): one row per (version, encoder) with seconds per image, accuracies, or the error text of
+    an incompatible pair; grids {(version, encoder): (images, labels)}.
+    """
+    import pandas as pd
+
+    from .pipeline import IncompatibleCheckpointError, load_korean_pipeline
+    from .translate import Translator
+
+    records, grids = [], {}
+    translators = {}
+    for version, spec in versions.items():
+        english_pipe = None
+        for encoder, (kind, folder) in encoders.items():
+            record = {"version": version, "encoder": encoder}
+            try:
+                if kind == "student":
+                    pipe = load_korean_pipeline(sd=spec["path"], text_encoder=folder, device=device)
+                elif spec["stand_in"]:
+                    record["error"] = "config-only stand-in: only the student's compatibility check is shown"
+                    records.append(record)
+                    continue
+                else:
+                    english_pipe = english_pipe or load_pipeline(spec["path"], device=device)
+                    pipe = english_pipe
+            except IncompatibleCheckpointError as err:
+                record["error"] = str(err)
+                records.append(record)
+                continue
+            if kind == "translator":
+                translators.setdefault(folder, Translator.from_pretrained(folder, device=device))
+                to_prompt = lambda texts: translators[folder].translate(texts)  # noqa: E731
+            elif kind == "teacher":
+                english = dict(prompts)
+                to_prompt = lambda texts: [english.get(t, t) for t in texts]  # noqa: E731
+            else:
+                to_prompt = list
+            korean = [ko for ko, _ in prompts]
+            images, seconds = generate(pipe, to_prompt(korean), [seed] * len(korean), batch_size=1, **generate_kwargs)
+            record["s/image (batch 1)"] = seconds
+            grids[(version, encoder)] = (images, korean)
+            for name, (ko_file, en_file) in (prompt_files or {}).items() if classifier is not None else []:
+                rows = read_prompt_tsv(en_file if kind == "teacher" else ko_file)[:limit]
+                rows = [PromptRow(p, r.attributes, r.line) for p, r in zip(to_prompt([r.prompt for r in rows]), rows)]
+                result, _, _ = evaluate_rows(pipe, rows, classifier, **generate_kwargs)
+                record.update({f"{name} {attr}": acc for attr, acc in result["accuracy"].items() if attr in ("color", "shape")})
+            records.append(record)
+    return pd.DataFrame(records).set_index(["version", "encoder"]), grids
+
+
+ENCODER_LABELS = {"teacher": "teacher · English prompt", "raw": "teacher · Korean prompt (raw)",
+                  "translator": "translator → teacher"}
+
+
+def sweep_encoders(names: Sequence[str], students: dict[str, Path], translator: str | Path | None = None) -> dict:
+    """The `encoders` argument of `sd_sweep` from the profile's names: teacher, raw, translator, or a student objective."""
+    out = {}
+    for name in names:
+        if name in ("teacher", "raw"):
+            out[ENCODER_LABELS[name]] = (name, None)
+        elif name == "translator":
+            if translator is None:
+                raise ValueError("the sweep lists 'translator' but no translator folder was given")
+            out[ENCODER_LABELS[name]] = ("translator", translator)
+        elif name in students:
+            out[f"student · {name}"] = ("student", students[name])
+        else:
+            raise ValueError(f"unknown encoder {name!r} in sweep.encoders; known: teacher, raw, translator, {', '.join(students)}")
+    return out

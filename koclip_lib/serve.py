@@ -110,10 +110,12 @@ class JobSpec:
     width: int
     height: int
     loras: tuple = ()  # ((name, weight), ...) in request order
+    text_windows: int = 1  # 77-state windows of the prompt (a Korean pipeline chunks long prompts)
 
     @property
     def batch_key(self) -> tuple:
-        return (self.width, self.height, self.steps, self.guidance, self.loras)
+        # equal windows too: padding a prompt with empty windows to share a batch would change its image
+        return (self.width, self.height, self.steps, self.guidance, self.loras, self.text_windows)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -239,6 +241,14 @@ class PipelineEngine:
         self._lora_active = False
         self.cache_hits = self.cache_misses = 0
         pipe.set_progress_bar_config(disable=True)
+
+    def text_windows(self, prompt: str, negative_prompt: Optional[str]) -> int:
+        """How many 77-state windows the prompt and its negative take: 1 for an English pipeline; a Korean pipeline
+        chunks long prompts (and raises its PromptError, a ValueError, for one it will not draw)."""
+        windows = getattr(self.pipe, "prompt_windows", None)
+        if windows is None:
+            return 1
+        return max(len(windows(prompt)), len(windows(negative_prompt or "", allow_empty=True)))
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -765,10 +775,14 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
 
     def admit(req) -> tuple[Job, int, float]:
         width, height = engine.default_size
+        try:
+            windows = engine.text_windows(req.prompt, req.negative_prompt)
+        except ValueError as err:  # e.g. more tokens than the Korean pipeline reads
+            raise HTTPException(422, f"prompt: {err}")
         spec = JobSpec(prompt=req.prompt, negative_prompt=req.negative_prompt,
                        seed=req.seed if req.seed is not None else secrets.randbelow(2**32), steps=req.steps,
                        guidance=float(req.guidance), width=req.width or width, height=req.height or height,
-                       loras=tuple((lora.name, float(lora.weight)) for lora in req.loras))
+                       loras=tuple((lora.name, float(lora.weight)) for lora in req.loras), text_windows=windows)
         try:
             return service.submit(spec, req.deadline_s or settings.default_deadline_s)
         except Rejected as err:

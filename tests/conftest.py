@@ -47,3 +47,22 @@ def tiny_parts(tmp_path_factory):
     return root
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_parts):
+    """An untrained Korean student for the tiny pipeline (32 wide, 77 positions), saved as `save_student` saves it."""
+    from koclip_lib import distill
+
+    folder = tiny_parts / "student"
+    if not folder.exists():
+        tok = distill.train_student_tokenizer(["왼쪽에 빨간 별이 있다", "오른쪽에 파란 하트", "a red star on the left"] * 20,
+                                              vocab_size=200, max_length=24)  # a short window, so long prompts are cheap to test
+        backbone = __import__("transformers").RobertaConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=26, pad_token_id=tok.pad_token_id, type_vocab_size=1)
+        torch.manual_seed(0)
+        student = distill.KoreanTextEncoder.from_backbone(backbone, 32, head_layers=1, head_heads=2,
+                                                          teacher=str(tiny_parts / "teacher"))
+        distill.save_student(student, tok, folder, {})
+    return folder

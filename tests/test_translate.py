@@ -147,3 +147,30 @@ def test_pretrained_checkpoint_with_zero_steps_is_evaluated_as_is(corpus_dir, tr
     assert metrics["steps"] == 0 and metrics["val_loss"] == pytest.approx(metrics["val_loss_before"])
     assert metrics["test_chrf"] == pytest.approx(trained[1]["test_chrf"])
     assert Translator.from_pretrained(tmp_path).translate(["빨간 원"]) == Translator.from_pretrained(trained[0]).translate(["빨간 원"])
+
+
+def test_evaluate_cli_translate_baseline_and_saved_korean_pipeline(trained, tiny_parts, tiny_student, tmp_path):
+    """`--translate DIR` scores the translate-then-generate baseline with its latency; `--pipeline` takes a saved Korean
+    pipeline folder as it is. Untrained judge and random generator: the numbers are meaningless, the contract is not."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    from koclip_lib.common import write_json
+    from koclip_lib.pipeline import load_korean_pipeline
+
+    clf_dir = tmp_path / "clf"
+    clf_dir.mkdir()
+    save_file(mw.AttributeClassifier(8).state_dict(), str(clf_dir / "classifier.safetensors"))
+    write_json(clf_dir / "classifier.json", {"width": 8, "image_size": 32})
+    prompts = mw.write_prompt_tsv(tmp_path / "ko.tsv", mw.sample_scenes(4, 0, mw.WorldConfig()), "ko", 0)
+    load_korean_pipeline(sd=tiny_parts / "sd", text_encoder=tiny_student).save_pretrained(tmp_path / "korean_sd")
+    common = ["--prompts", str(prompts), "--classifier", str(clf_dir), "--steps", "2"]
+    for extra in (["--pipeline", str(tiny_parts / "sd"), "--translate", str(trained[0])],
+                  ["--pipeline", str(tmp_path / "korean_sd")]):
+        proc = subprocess.run([sys.executable, "-m", "koclip_lib.evaluate", *extra, *common], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["images"] == 4
+        assert ("translate_seconds_per_prompt" in result) == ("--translate" in extra)
