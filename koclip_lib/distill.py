@@ -18,6 +18,7 @@ returns `last_hidden_state` of the teacher's width and length, which is all SD's
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,9 @@ class DistillConfig:
     norm_weighted: bool = False
     unet_sequence_weight: float = 0.5  # the unet stage keeps the sequence loss as an anchor
     n_latents: int = 4000  # images encoded once for the unet stage
+    # unet stage prompts: "scenes" captions each latent's own scene (Korean and English alike), so the UNet is matched
+    # where it is used, denoising an image of what the prompt says; "corpus" pairs random corpus captions with random latents
+    unet_prompts: str = "scenes"
     val_pairs: int = 512
     heldout: list = field(default_factory=lambda: WorldConfig().heldout)  # kept out of the unet stage's latents too
     loop: dict = field(default_factory=lambda: {"steps": 1500, "lr": 1e-3, "batch_size": 128, "warmup_steps": 100,
@@ -257,7 +261,9 @@ class Distiller:
             out = encode(self.teacher, self.teacher_tok, texts)
         return out.last_hidden_state, out.pooler_output
 
-    def loss(self, objective: str, ko: list[str], en: list[str], gen: torch.Generator) -> dict:
+    def loss(self, objective: str, ko: list[str], en: list[str], gen: torch.Generator, latent_idx=None) -> dict:
+        """The objective's loss on one batch; `latent_idx` (unet stage) picks the latents the prompts describe,
+        None draws them at random."""
         cfg = self.cfg
         t_seq, t_pool = self.targets(en)
         s_ko = encode(self.student, self.student_tok, ko)
@@ -276,7 +282,7 @@ class Distiller:
             logs["seq_en"] = sequence_mse(s_en.last_hidden_state, t_seq, cfg.norm_weighted)
             loss = loss + cfg.english_weight * (logs["seq_en"] + cfg.pooled_weight * F.mse_loss(s_en.pooler_output, t_pool))
         if objective == "unet":
-            idx = torch.randint(len(self.latents), (len(ko),), generator=gen)
+            idx = torch.randint(len(self.latents), (len(ko),), generator=gen) if latent_idx is None else latent_idx
             x0 = self.latents[idx.to(self.latents.device)]
             noise = torch.randn(x0.shape, generator=gen).to(x0.device)
             t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(ko),), generator=gen).to(x0.device)
@@ -295,6 +301,17 @@ def _batch(pairs, n: int, gen: torch.Generator, empty_prob: float):
     ko = ["" if e else pairs[i][0] for i, e in zip(idx, empty)]
     en = ["" if e else pairs[i][1] for i, e in zip(idx, empty)]
     return ko, en
+
+
+def _scene_batch(scenes, world, n: int, gen: torch.Generator, empty_prob: float):
+    """n scenes (indices into the cached latents) with a fresh Korean and English caption of each."""
+    from .miniworld import caption_pair
+
+    idx = torch.randint(len(scenes), (n,), generator=gen)
+    empty = (torch.rand(n, generator=gen) < empty_prob).tolist()
+    rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+    pairs = [("", "") if e else caption_pair(scenes[i], rng, world) for i, e in zip(idx.tolist(), empty)]
+    return [k for k, _ in pairs], [e for _, e in pairs], idx
 
 
 def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=None, init_from=None,
@@ -326,16 +343,20 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
                                                       head_layers=cfg.head_layers, head_heads=cfg.head_heads)
     student.config.teacher = str(teacher_dir)
     student.config.objective = cfg.objective
-    unet = latents = scheduler = None
+    unet = latents = scheduler = scenes = world = None
     if cfg.objective == "unet":
-        unet, latents, scheduler = _unet_stage_inputs(sd_dir, cfg)
+        unet, latents, scheduler, scenes, world = _unet_stage_inputs(sd_dir, cfg)
     distiller = Distiller(cfg, student, student_tok, teacher, teacher_tok, unet, latents, scheduler)
     loop = LoopConfig.from_params(cfg.unet_loop if cfg.objective == "unet" else cfg.loop, seed=cfg.seed)
 
     def loss_fn(step):
         distiller.to(student.device)
         gen = step_generator(cfg.seed, step)
-        ko, en = _batch(train_pairs, loop.batch_size, gen, cfg.empty_prob if cfg.objective != "pooled" else 0.0)
+        empty_prob = cfg.empty_prob if cfg.objective != "pooled" else 0.0
+        if cfg.objective == "unet" and cfg.unet_prompts == "scenes":
+            ko, en, idx = _scene_batch(scenes, world, loop.batch_size, gen, empty_prob)
+            return distiller.loss(cfg.objective, ko, en, gen, latent_idx=idx)
+        ko, en = _batch(train_pairs, loop.batch_size, gen, empty_prob)
         return distiller.loss(cfg.objective, ko, en, gen)
 
     def validate():
@@ -354,7 +375,8 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
 
 
 def _unet_stage_inputs(sd_dir, cfg: DistillConfig):
-    """The frozen UNet, latents of rendered mini-world scenes (encoded once) and SD's training noise schedule."""
+    """The frozen UNet, latents of rendered mini-world scenes (encoded once), SD's training noise schedule, and the
+    scenes themselves with their world (to caption them)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from . import miniworld as mw
@@ -366,7 +388,7 @@ def _unet_stage_inputs(sd_dir, cfg: DistillConfig):
     world = mw.WorldConfig(image_size=vae.config.sample_size, heldout=cfg.heldout)
     scenes = mw.sample_scenes(cfg.n_latents, cfg.seed + 3, world, split="seen")
     latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 3, world.image_size))
-    return unet, latents, DDPMScheduler.from_pretrained(sd_dir / "scheduler")
+    return unet, latents, DDPMScheduler.from_pretrained(sd_dir / "scheduler"), scenes, world
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -295,16 +295,17 @@ def sd_sweep(versions: dict[str, dict], encoders: dict[str, tuple[str, str | Pat
                 records.append(record)
                 continue
             if kind == "translator":
-                translators.setdefault(folder, Translator.from_pretrained(folder, device=device))
-                to_prompt = lambda texts: translators[folder].translate(texts)  # noqa: E731
-            elif kind == "teacher":
-                english = dict(prompts)
-                to_prompt = lambda texts: [english.get(t, t) for t in texts]  # noqa: E731
+                if folder not in translators:
+                    translators[folder] = Translator.from_pretrained(folder, device=device)
+                to_prompt = translators[folder].translate
+            elif kind == "teacher":  # the English of each Korean prompt (prompt files: the English file, as is)
+                to_prompt = lambda texts: [dict(prompts).get(t, t) for t in texts]  # noqa: E731
             else:
                 to_prompt = list
             korean = [ko for ko, _ in prompts]
-            images, seconds = generate(pipe, to_prompt(korean), [seed] * len(korean), batch_size=1, **generate_kwargs)
-            record["s/image (batch 1)"] = seconds
+            started = time.perf_counter()  # the translator's time counts: it is part of that option's image
+            images, _ = generate(pipe, to_prompt(korean), [seed] * len(korean), batch_size=1, **generate_kwargs)
+            record["s/image (batch 1)"] = (time.perf_counter() - started) / len(korean)
             grids[(version, encoder)] = (images, korean)
             for name, (ko_file, en_file) in (prompt_files or {}).items() if classifier is not None else []:
                 rows = read_prompt_tsv(en_file if kind == "teacher" else ko_file)[:limit]

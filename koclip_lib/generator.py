@@ -8,6 +8,7 @@ a `diffusers.StableDiffusionPipeline` that `from_pretrained` loads like any SD 1
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,12 +100,14 @@ def _caption_batch(scenes, caption, seed: int, world) -> list[str]:
     return [caption(s, rng, world) for s in scenes]
 
 
-def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig) -> dict:
-    """Train tokenizer + CLIP on seen combinations in both styles; save both with save_pretrained."""
+def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig, caption=mw.caption_en,
+                  stop_after: int | None = None) -> dict:
+    """Train tokenizer + CLIP on seen combinations in both styles; save both with save_pretrained.
+    `caption` writes the texts (English: the teacher; Korean: the train-from-scratch option of notebook 00)."""
     out_dir = Path(out_dir)
     scenes = mw.sample_scenes(cfg.n_images, cfg.seed, world, split="seen", styles=list(mw.STYLES))
     rng = random.Random(cfg.seed)
-    tokenizer = train_english_tokenizer([mw.caption_en(s, rng, world) for s in scenes for _ in range(3)], cfg.vocab_size)
+    tokenizer = train_english_tokenizer([caption(s, rng, world) for s in scenes for _ in range(3)], cfg.vocab_size)
     seed_everything(cfg.seed)  # initial weights depend on the config alone, not on what ran before in the process
     model = build_teacher(cfg, tokenizer, world.image_size)
     images = mw.render_batch(scenes, cfg.seed, world.image_size)
@@ -113,12 +116,12 @@ def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig
     def loss_fn(step):
         gen = step_generator(cfg.seed, step)
         idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
-        texts = _caption_batch([scenes[i] for i in idx], mw.caption_en, cfg.seed * 7919 + step, world)
+        texts = _caption_batch([scenes[i] for i in idx], caption, cfg.seed * 7919 + step, world)
         out = model(**tokenize(tokenizer, texts, model.device, padding="longest"), pixel_values=images[idx].to(model.device),
                     return_loss=True)
         return out.loss
 
-    log = train_loop([model], loss_fn, loop, out_dir, desc="teacher CLIP")
+    log = train_loop([model], loss_fn, loop, out_dir, desc="teacher CLIP", stop_after=stop_after)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     metrics = {"zero_shot": teacher_zero_shot(model, tokenizer, world), "steps": log["steps"], "seconds": log["seconds"],
@@ -245,8 +248,11 @@ def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 51
     return torch.cat(out) * vae.config.scaling_factor
 
 
-def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teacher_dir: str | Path, vae_dir: str | Path) -> dict:
-    """Denoising loss on cached latents, conditioned on the frozen teacher's `last_hidden_state` of fresh captions."""
+def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teacher_dir: str | Path, vae_dir: str | Path,
+               caption=mw.caption_en, stop_after: int | None = None, init_unet: str | Path | None = None) -> dict:
+    """Denoising loss on cached latents, conditioned on the frozen teacher's `last_hidden_state` of fresh captions
+    (`caption` writes them: English for the generator, Korean for the train-from-scratch option of notebook 00).
+    `init_unet` fine-tunes that UNet instead of training a new one."""
     from transformers import AutoTokenizer, CLIPTextModel
 
     out_dir = Path(out_dir)
@@ -256,14 +262,15 @@ def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teac
     scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 2, world, split="seen")
     latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 2, world.image_size))
     seed_everything(cfg.seed)
-    unet = build_unet(cfg, latents.shape[-1], text_encoder.config.hidden_size)
+    unet = (UNet2DConditionModel.from_pretrained(init_unet) if init_unet is not None
+            else build_unet(cfg, latents.shape[-1], text_encoder.config.hidden_size))
     scheduler = noise_scheduler(cfg.prediction_type)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
 
     def loss_fn(step):
         gen = step_generator(cfg.seed, step)
         idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
-        texts = _caption_batch([scenes[i] for i in idx], mw.caption_en, cfg.seed * 7919 + step, world)
+        texts = _caption_batch([scenes[i] for i in idx], caption, cfg.seed * 7919 + step, world)
         drop = torch.rand(len(texts), generator=gen) < cfg.uncond_prob
         texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
         text_encoder.to(unet.device)  # frozen parts follow the UNet onto the accelerator's device
@@ -276,7 +283,7 @@ def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teac
         target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         return F.mse_loss(pred, target)
 
-    log = train_loop([unet], loss_fn, loop, out_dir / "train", desc="UNet")
+    log = train_loop([unet], loss_fn, loop, out_dir / "train", desc="UNet", stop_after=stop_after)
     unet.save_pretrained(out_dir / "unet")
     scheduler.save_pretrained(out_dir / "scheduler")
     remove_checkpoints(out_dir / "train")
@@ -294,6 +301,44 @@ def assemble_pipeline(teacher_dir: str | Path, vae_dir: str | Path, unet_dir: st
         tokenizer=AutoTokenizer.from_pretrained(teacher_dir), unet=UNet2DConditionModel.from_pretrained(unet_dir),
         scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler(prediction_type).config, algorithm_type="dpmsolver++"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+# The layouts of the checkpoints a 768-wide student cannot drive, as diffusers writes them (model_index.json with the
+# pipeline's components and the denoiser's config): what `pipeline.check_compatibility` reads before loading weights.
+STAND_INS = {
+    "sd2": ("StableDiffusionPipeline", "unet", "UNet2DConditionModel",
+            {"cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}),
+    "sdxl": ("StableDiffusionXLPipeline", "unet", "UNet2DConditionModel",
+             {"cross_attention_dim": 2048, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+              "projection_class_embeddings_input_dim": 2816}),
+    "sd3": ("StableDiffusion3Pipeline", "transformer", "SD3Transformer2DModel",
+            {"joint_attention_dim": 4096, "pooled_projection_dim": 2048, "caption_projection_dim": 1536}),
+}
+_STAND_IN_COMPONENTS = {
+    "StableDiffusionPipeline": {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]},
+    "StableDiffusionXLPipeline": {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                                  "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                                  "tokenizer_2": ["transformers", "CLIPTokenizer"]},
+    "StableDiffusion3Pipeline": {"text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+                                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                                 "text_encoder_3": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                                 "tokenizer_2": ["transformers", "CLIPTokenizer"], "tokenizer_3": ["transformers", "T5TokenizerFast"]},
+}
+
+
+def save_stand_in_checkpoint(kind: str, out_dir: str | Path) -> Path:
+    """A config-only stand-in of an SD 2.x / SDXL / SD 3 checkpoint (no weights; the model hub is out of reach here):
+    model_index.json and the denoiser's text-conditioning settings, copied from the real models' configs."""
+    import diffusers
+
+    pipeline_class, denoiser, denoiser_class, text_config = STAND_INS[kind]
+    out_dir = Path(out_dir)
+    write_json(out_dir / denoiser / "config.json", {"_class_name": denoiser_class, **text_config})
+    index = {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__,
+             denoiser: ["diffusers", denoiser_class], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"], **_STAND_IN_COMPONENTS[pipeline_class]}
+    write_json(out_dir / "model_index.json", index)
+    return out_dir
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,3 +367,44 @@ def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[st
 
     paths["sd"] = cached_artifact(root / "sd", unet_key, build_sd)
     return paths
+
+
+def ensure_finetuned_sd(params: dict, root: str | Path, name: str, style: str, loop: dict) -> Path:
+    """Another SD 1.x checkpoint for the version sweep, made the way community checkpoints are made (dreamshaper-7
+    is a fine-tune of SD 1.5): the generator's UNet trained further on `style` images; same text encoder, VAE and
+    interface, so a student distilled for the base checkpoint plugs into it unchanged."""
+    from dataclasses import replace
+
+    root = Path(root)
+    paths = ensure_generator(params, root)
+    world = replace(mw.WorldConfig.from_params(params.get("world")), styles=[style])
+    u_cfg = UNetConfig(**{**params.get("unet", {}), "loop": loop})
+    base = json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"]
+
+    def build(d):
+        metrics = train_unet(d, world, u_cfg, paths["teacher"], paths["vae"], init_unet=paths["sd"] / "unet")
+        assemble_pipeline(paths["teacher"], paths["vae"], d / "unet", u_cfg.prediction_type).save_pretrained(d)
+        write_json(d / "train_metrics.json", {**metrics, "base": str(paths["sd"]), "style": style})
+
+    return cached_artifact(root / name, {"base": base, "style": style, "loop": loop, "world": params.get("world")}, build)
+
+
+def resolve_sd_versions(params: dict, root: str | Path = "outputs/mini") -> dict[str, dict]:
+    """The profile's `sweep.versions` as {name: {"path": folder or hub id, "stand_in": bool}}. An entry is a hub id or
+    folder (`path`), the mini generator (`path: sd`), a fine-tune of it (`finetune: {style, loop}`) or a config-only
+    stand-in of an architecture the student cannot drive (`stand_in: sd2 | sdxl | sd3`)."""
+    root = Path(root)
+    out = {}
+    for entry in params.get("sweep", {}).get("versions", []):
+        name = entry["name"]
+        if "stand_in" in entry:
+            out[name] = {"path": save_stand_in_checkpoint(entry["stand_in"], root / "stand_ins" / entry["stand_in"]), "stand_in": True}
+        elif "finetune" in entry:
+            ft = entry["finetune"]
+            out[name] = {"path": ensure_finetuned_sd(params, root, entry.get("folder", name), ft["style"], ft["loop"]),
+                         "stand_in": False}
+        elif entry["path"] == "sd":
+            out[name] = {"path": ensure_generator(params, root)["sd"], "stand_in": False}
+        else:
+            out[name] = {"path": entry["path"], "stand_in": False}
+    return out

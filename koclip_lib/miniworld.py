@@ -280,6 +280,13 @@ def caption_ko(scene: Scene, rng: random.Random, world: WorldConfig | None = Non
     return text
 
 
+def caption_pair(scene: Scene, rng: random.Random, world: WorldConfig | None = None) -> tuple[str, str]:
+    """A (Korean, English) caption pair of one scene that agree on whether they state the place."""
+    world = world or WorldConfig()
+    with_position = rng.random() < world.position_in_caption
+    return caption_ko(scene, rng, world, with_position), caption_en(scene, rng, world, with_position)
+
+
 def caption_mentions_position(scene: Scene, text: str) -> bool:
     """Whether a caption (either language) states the scene's position; captions may leave it out."""
     words = EN_POSITION[scene.position] + POSITIONS[scene.position]
@@ -304,9 +311,7 @@ def write_aihub_csv(path: str | Path, n_pairs: int, seed: int, world: WorldConfi
         writer.writerow(AIHUB_HEADER)
         for i, scene in enumerate(scenes):
             # a translation pair states the place on both sides or on neither
-            with_position = rng.random() < world.position_in_caption
-            writer.writerow([f"MINI-{i:07d}", "미니월드", scene.shape, caption_ko(scene, rng, world, with_position),
-                             caption_en(scene, rng, world, with_position)])
+            writer.writerow([f"MINI-{i:07d}", "미니월드", scene.shape, *caption_pair(scene, rng, world)])
     return path
 
 

@@ -27,7 +27,16 @@ def list_notebooks(only: list[str] | None = None) -> list[Path]:
     return found
 
 
+# Each notebook's kernel runs torch on one thread: a trained model then does not depend on the machine's core count
+# (another thread count sums floats in another order and trains another model: 2 threads and 1 gave held-out English
+# accuracies 6-16 points apart), so `make all` and CI reproduce each other; on these tiny models a second thread
+# gains little.
+KERNEL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "python3", extra: dict | None = None) -> Path:
+    import os
+
     import jupytext
     import papermill as pm
 
@@ -37,11 +46,18 @@ def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "p
     staged = out_dir / f".{source.stem}.input.ipynb"
     jupytext.write(nb, staged, fmt="ipynb")
     target = out_dir / f"{source.stem}.ipynb"
+    saved = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)  # the kernel process inherits this environment
     try:
         pm.execute_notebook(str(staged), str(target), parameters={"params_file": params_file, **(extra or {})},
                             cwd=str(REPO_ROOT), kernel_name=kernel, progress_bar=False, log_output=False)
     finally:
         staged.unlink(missing_ok=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return target
 
 

@@ -29,6 +29,16 @@ def test_every_notebook_is_paired_and_parameterised():
         assert "parameters" in first_code.metadata.get("tags", []), f"{source.name}: first code cell not tagged parameters"
 
 
+def test_kernels_train_on_one_thread_so_runs_reproduce(tmp_path):
+    """`make all` and CI must train the same models on any core count: the runner pins the kernel's torch threads."""
+    source = tmp_path / "threads.py"
+    source.write_text('# %% tags=["parameters"]\nparams_file = ""\n\n# %%\nimport torch\nprint("threads", torch.get_num_threads())\n',
+                      encoding="utf-8")
+    out = run_notebook(source, "params/mini.yaml", tmp_path / "out")
+    printed = ["".join(o.get("text", "")) for c in json.loads(out.read_text(encoding="utf-8"))["cells"] for o in c.get("outputs", [])]
+    assert "threads 1\n" in printed
+
+
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(source, run_dir):
     overrides = {"metrics_dir": str(run_dir / "metrics"), "figures_dir": str(run_dir / "figures")}
@@ -93,3 +103,33 @@ def test_distillation_targets(run_dir):
     raw = m["embedding"]["teacher reading Korean (no distillation)"]
     assert max(e["R@1"] for e in students.values()) > 50 * max(raw["R@1"], 0.001)
     assert students["student · sequence"]["seq_cosine"] > 0.9 > students["student · pooled"]["seq_cosine"]
+
+
+def test_feasibility_numbers(run_dir):
+    """(a) and (b) are measured on the same prompts in one run; the student's text conditioning is faster than
+    translating then encoding; (c) was measured for one epoch and its estimate covers more than that."""
+    m = _metrics(run_dir, "00_feasibility")
+    quality = m["quality"]
+    swap, translate = quality["(a) encoder swap"], quality["(b) translate, then generate"]
+    raw = quality["problem: raw Korean prompt"]
+    for attr in ("held-out color", "seen color", "seen shape"):
+        assert swap[attr] > 2 * raw[attr] and translate[attr] > 2 * raw[attr], (attr, quality)
+    assert m["text_conditioning_ratio_b_over_a"] > 1.0, m["speed"]
+    scratch = m["from_scratch"]
+    assert scratch["estimated_seconds_to_quality"] > scratch["measured_seconds"] > 0
+    assert scratch["unet"]["steps"] < scratch["unet"]["steps_to_quality"]  # stopped, as the option says
+
+
+def test_sd_sweep_rows(run_dir):
+    """Every SD 1.x checkpoint takes the student; SD 2.x / SDXL / SD 3 cells hold the compatibility error; the saved
+    Korean pipeline scores through the evaluate CLI."""
+    m = _metrics(run_dir, "03_sd_sweep")
+    rows = m["rows"]
+    for version in ("SD 2.x", "SDXL", "SD 3"):
+        errors = [row["error"] for key, row in rows.items() if key.startswith(f"{version} | student")]
+        assert errors and all("SD 1.x" in e for e in errors), (version, errors)
+    assert "1024" in rows["SD 2.x | student · unet"]["error"]
+    for version in ("mini-sd", "mini-sd-ink"):
+        student, raw = rows[f"{version} | student · unet"], rows[f"{version} | teacher · Korean prompt (raw)"]
+        assert "error" not in student and student["seen color"] > 2 * raw["seen color"], (student, raw)
+    assert m["korean_sd_cli"]["images"] > 0 and m["korean_sd_cli"]["accuracy"]["color"] > 0.5
