@@ -111,6 +111,14 @@ def teacher_path(spec: str) -> Path:
     return Path(importlib.import_module(spec).get_model_path())
 
 
+def teacher_texts(corpus_dir, data: RealTextData) -> list[str]:
+    """Everything the teacher reads: the corpus's English (targets and validation), the empty prompt, and on
+    FLORES the English references, the Korean sources (the raw-teacher baseline) and each system's translation."""
+    english = [en for split in corpus.SPLITS for _, en in distill.load_pairs(corpus_dir, split)]
+    mt = [line for path in data.mt_outputs.values() for line in read_lines(path)]
+    return english + [""] + read_lines(data.test_en) + read_lines(data.test_ko) + mt
+
+
 def load_cached_teacher(params: dict, texts: list[str], root):
     """`distill.load_teacher` with its outputs for `texts` computed once (length-sorted batches) and kept on disk
     under root/teacher-cache/, keyed by the teacher, the number of positions and the texts."""
@@ -293,3 +301,29 @@ def flores_table(data: RealTextData, teacher, teacher_tok, students: dict[str, P
                                                              "pairs": len(ko), "candidates": len(set(en))}
     table = pd.DataFrame(rows).T
     return table[["space", "R@1", "R@5", "cos_to_teacher_en", "seq_cosine", "pairs", "candidates"]]
+
+
+def plot_results(table, students: dict[str, Path], path=None):
+    """Training curves of each student (left) and FLORES-200 R@1 / R@5 of every row of the table (right)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    for objective, folder in students.items():
+        history = json.loads((Path(folder) / "train" / "train_log.json").read_text())["history"]
+        line, = ax_loss.plot(*zip(*[(h["step"], h["loss"]) for h in history if "loss" in h]), label=f"{objective} · train")
+        val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+        if val:
+            ax_loss.plot(*zip(*val), "o--", color=line.get_color(), label=f"{objective} · validation")
+    ax_loss.set(yscale="log", xlabel="step", title="distillation loss")
+    ax_loss.legend(fontsize=8)
+    y = np.arange(len(table))
+    ax_r.barh(y + 0.2, table["R@1"].astype(float), height=0.4, label="R@1")
+    ax_r.barh(y - 0.2, table["R@5"].astype(float), height=0.4, label="R@5")
+    ax_r.set(yticks=y, yticklabels=table.index, xlim=(0, 1), title="FLORES-200 devtest: Korean → English retrieval (1012)")
+    ax_r.invert_yaxis()
+    ax_r.legend(loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+    return fig
