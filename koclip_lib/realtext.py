@@ -314,14 +314,15 @@ def plot_results(table, students: dict[str, Path], path=None):
         val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
         if val:
             ax_loss.plot(*zip(*val), "o--", color=line.get_color(), label=f"{objective} · validation")
-    ax_loss.set(yscale="log", xlabel="step", title="distillation loss")
+    ax_loss.set(xlabel="step", title="distillation loss")
     ax_loss.legend(fontsize=8)
     y = np.arange(len(table))
     ax_r.barh(y + 0.2, table["R@1"].astype(float), height=0.4, label="R@1")
     ax_r.barh(y - 0.2, table["R@5"].astype(float), height=0.4, label="R@5")
-    ax_r.set(yticks=y, yticklabels=table.index, xlim=(0, 1), title="FLORES-200 devtest: Korean → English retrieval (1012)")
+    labels = [name.replace("→", "->") for name in table.index]  # the Korean font (koreanize_matplotlib) has no arrow
+    ax_r.set(yticks=y, yticklabels=labels, xlim=(0, 1), title="FLORES-200 devtest: Korean -> English retrieval among 1012")
     ax_r.invert_yaxis()
-    ax_r.legend(loc="lower right")
+    ax_r.legend(loc="upper right")
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
