@@ -91,7 +91,7 @@ if data.complete:
 if data.complete:
     t0 = time.time()
     teacher, teacher_tok = realtext.load_cached_teacher(params, realtext.teacher_texts(corpus_dir, data), root)
-    metrics["teacher"] = {"path": str(realtext.teacher_path(params["teacher"])), "width": teacher.config.hidden_size,
+    metrics["teacher"] = {"name": params["teacher"], "width": teacher.config.hidden_size,
                           "positions": teacher.num_positions, "texts_cached": len(teacher.memo)}
     print(f"teacher {params['teacher']}: {len(teacher.memo)} texts encoded in {time.time() - t0:.0f} s (about 0 when cached)")
 
