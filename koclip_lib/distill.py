@@ -195,6 +195,74 @@ def encode(model, tokenizer, texts):
     return prompt_states(model, tokenizer, texts, pad_to_max=not getattr(model.config, "use_attention_mask", False))
 
 
+class SentenceTeacher(nn.Module):
+    """Any 🤗 encoder read the sentence-transformers way (attention mask, masked mean pooling: all-MiniLM-L6-v2),
+    with the outputs `encode` expects of CLIP's text model, so the distillation objectives run unchanged:
+    `last_hidden_state` = the first `num_positions` token states (zeros past the sentence's end: padding is masked
+    out, so a sentence's targets do not depend on how its batch was padded), `pooler_output` = the mean over all
+    its tokens (the sentence embedding). Outputs are memoised per token sequence: a teacher is frozen, and the
+    training sentences come back every epoch (`precompute` fills the memo in length-sorted batches)."""
+
+    def __init__(self, model, num_positions: int = 32):
+        super().__init__()
+        self.model, self.num_positions = model, num_positions
+        self.model.config.use_attention_mask = True  # `encode` then pads to the longest and passes the mask
+        self.memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _compute(self, input_ids, attention_mask):
+        states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        states = (states * mask)[:, : self.num_positions]
+        return F.pad(states, (0, 0, 0, self.num_positions - states.shape[1])), pooled
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        keys = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
+        new = [k for k in dict.fromkeys(keys) if k not in self.memo]
+        if new:
+            rows = [keys.index(k) for k in new]
+            with torch.no_grad():
+                states, pooled = self._compute(input_ids[rows], attention_mask[rows])
+            for r, s, p in zip(rows, states.cpu(), pooled.cpu()):
+                self.memo[keys[r]] = (s.half(), p)  # token states in half precision: 24 kB a sentence at 32 x 384
+        device = input_ids.device
+        states = torch.stack([self.memo[k][0] for k in keys]).float().to(device)
+        pooled = torch.stack([self.memo[k][1] for k in keys]).to(device)
+        return BaseModelOutputWithPooling(last_hidden_state=states, pooler_output=pooled)
+
+    @torch.no_grad()
+    def precompute(self, tokenizer, texts, batch_size: int = 64) -> int:
+        """Fill the memo for `texts`, fewest tokens first (little padding); returns how many were new."""
+        before = len(self.memo)
+        texts = list(set(texts))
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True).input_ids]
+        texts = [texts[i] for i in np.argsort(lengths, kind="stable")]
+        for start in range(0, len(texts), batch_size):
+            encode(self, tokenizer, texts[start:start + batch_size])
+        return len(self.memo) - before
+
+
+def load_teacher(path, num_positions: int | None = None):
+    """(teacher, tokenizer) from a folder: CLIP's text model exactly as SD runs it, or any other encoder (a
+    sentence-transformers model such as all-MiniLM-L6-v2) as a `SentenceTeacher` of `num_positions` states (default
+    32), reading up to its sentence-transformers `max_seq_length` tokens."""
+    from transformers import CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if AutoConfig.from_pretrained(path).model_type in ("clip", "clip_text_model"):
+        return CLIPTextModel.from_pretrained(path), tokenizer
+    st_config = Path(path) / "sentence_bert_config.json"
+    if st_config.exists():
+        tokenizer.model_max_length = json.loads(st_config.read_text())["max_seq_length"]
+    return SentenceTeacher(AutoModel.from_pretrained(path).eval(), num_positions or 32), tokenizer
+
+
 def sequence_mse(student_seq, teacher_seq, norm_weighted: bool = False):
     """MSE over all positions; norm-weighted divides each position's error by the teacher state's norm, so a few
     large-norm positions (CLIP's start token) do not dominate."""
@@ -315,15 +383,15 @@ def _scene_batch(scenes, world, n: int, gen: torch.Generator, empty_prob: float)
 
 
 def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=None, init_from=None,
-                  stop_after: int | None = None) -> dict:
+                  stop_after: int | None = None, teacher=None) -> dict:
     """Train one objective; returns the trained student, its tokenizer, the teacher and the training log.
-    Checkpoints in out_dir/train/ let an interrupted run (`stop_after`, or a crash) resume where it stopped."""
-    from transformers import CLIPTextModel
-
+    Checkpoints in out_dir/train/ let an interrupted run (`stop_after`, or a crash) resume where it stopped.
+    `teacher`: an already loaded (model, tokenizer), e.g. a `SentenceTeacher` with its outputs cached; else
+    `load_teacher(teacher_dir)`. The student outputs as many positions as the teacher (77 for CLIP)."""
     out_dir = Path(out_dir)
     train_pairs, val_pairs = load_pairs(corpus_dir, "train"), load_pairs(corpus_dir, "val")[: cfg.val_pairs]
-    teacher = CLIPTextModel.from_pretrained(teacher_dir)
-    teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher, teacher_tok = teacher or load_teacher(teacher_dir)
+    positions = getattr(teacher, "num_positions", 77)
     if init_from is not None:  # the unet stage starts from the sequence student
         student, student_tok = load_student(init_from)
     else:
@@ -332,7 +400,7 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
             student_tok = AutoTokenizer.from_pretrained(cfg.backbone)
             student_tok.model_max_length = cfg.max_length  # SD pads prompts to this; a hub tokenizer may say 512 or "unset"
             student = KoreanTextEncoder.from_backbone(cfg.backbone, teacher.config.hidden_size,
-                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads)
+                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions)
         else:
             student_tok = train_student_tokenizer([t for pair in train_pairs for t in pair], cfg.tokenizer_vocab, cfg.max_length)
             backbone = AutoConfig.for_model(**{**cfg.backbone_config, "vocab_size": len(student_tok),
@@ -340,7 +408,7 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
                                                "pad_token_id": student_tok.pad_token_id, "bos_token_id": student_tok.bos_token_id,
                                                "eos_token_id": student_tok.eos_token_id, "type_vocab_size": 1})
             student = KoreanTextEncoder.from_backbone(backbone, teacher.config.hidden_size,
-                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads)
+                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions)
     student.config.teacher = str(teacher_dir)
     student.config.objective = cfg.objective
     unet = latents = scheduler = scenes = world = None

