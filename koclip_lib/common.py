@@ -74,3 +74,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n", encoding="utf-8")
     return path
+
+
+def log_yscale(ax) -> None:
+    """A log y axis labelled in plain decimals (0.05, 0.1, 0.2, 0.5, 1): NanumGothic (Korean labels) has no U+2212,
+    the minus sign of matplotlib's 10^-n labels, which it would draw as a box."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter
+
+    def label(y, _pos, digits=(1,)):
+        lead = round(y / 10 ** math.floor(math.log10(y))) if y > 0 else 0
+        return f"{y:g}" if lead in digits else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, pos: label(y, pos, digits=(2, 5))))

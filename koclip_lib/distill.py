@@ -300,6 +300,9 @@ class DistillConfig:
     seed: int = 0
 
 
+UNET_STAGE_FIELDS = ("unet_sequence_weight", "n_latents", "unet_prompts", "heldout", "unet_loop")
+
+
 def load_pairs(corpus_dir, split: str) -> list[tuple[str, str]]:
     from .corpus import load_corpus
 
@@ -509,7 +512,10 @@ def ensure_students(params: dict, root="outputs/mini") -> dict[str, Path]:
         init = out.get("sequence") if objective == "unet" else None
         if objective == "unet" and init is None:
             raise ValueError("the unet objective starts from the sequence student: list 'sequence' before 'unet'")
-        key = {"distill": cfg.__dict__, "teacher": str(teacher_dir), "corpus": params.get("corpus"), "world": params.get("world"),
+        # the unet stage's settings key only the unet student: tuning them never retrains the others
+        stage_only = () if objective == "unet" else UNET_STAGE_FIELDS
+        key = {"distill": {k: v for k, v in cfg.__dict__.items() if k not in stage_only}, "teacher": str(teacher_dir),
+               "corpus": params.get("corpus"), "world": params.get("world"),
                "sd": json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"], "init": str(init)}
 
         def build(d, cfg=cfg, init=init):

@@ -317,7 +317,7 @@ def sd_sweep(versions: dict[str, dict], encoders: dict[str, tuple[str, str | Pat
 
 
 ENCODER_LABELS = {"teacher": "teacher · English prompt", "raw": "teacher · Korean prompt (raw)",
-                  "translator": "translator → teacher"}
+                  "translator": "translator + teacher"}
 
 
 def sweep_encoders(names: Sequence[str], students: dict[str, Path], translator: str | Path | None = None) -> dict:

@@ -39,7 +39,7 @@ import pandas as pd
 import koreanize_matplotlib  # noqa: F401
 
 from koclip_lib import bench, distill, evaluate, generator, miniworld, translate
-from koclip_lib.common import load_params, write_json
+from koclip_lib.common import load_params, log_yscale, write_json
 from koclip_lib.pipeline import load_korean_pipeline
 
 params = {**load_params(params_file), **overrides}
@@ -104,7 +104,7 @@ ax.plot(*zip(*probe["unet"]["english_loss_curve"]), label="English generator (tr
 ax.plot(*zip(*probe["unet"]["loss_curve"]), label="Korean, from scratch (stopped)")
 ax.set_xlabel("UNet step")
 ax.set_ylabel("denoising loss")
-ax.set_yscale("log")
+log_yscale(ax)
 ax.legend()
 Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
 fig.savefig(Path(params["figures_dir"]) / "00_from_scratch.png", dpi=80, bbox_inches="tight")
@@ -123,7 +123,7 @@ summary.loc["(c) train from scratch"] = {
     "held-out colour": None, "held-out shape": None, "seen colour": None, "seen shape": None,
     "text conditioning, ms/prompt": None, "image end to end, s (batch 1)": image_a,  # the same generator size as (a)
     "weights in memory, MB": speed.loc["(a) encoder swap", "weights in memory, MB"]}
-summary["training, s (2-core CPU)"] = {
+summary["training, s (one CPU thread)"] = {
     "(a) encoder swap": distill_seconds,
     "(b) translate, then generate": json.loads((translator_dir / "metrics.json").read_text())["train_seconds"],
     "(c) train from scratch": probe["estimated_seconds_to_quality"]}

@@ -40,7 +40,7 @@ import pandas as pd
 import koreanize_matplotlib  # noqa: F401
 
 from koclip_lib import evaluate, generator, miniworld
-from koclip_lib.common import load_params, write_json
+from koclip_lib.common import load_params, log_yscale, write_json
 
 params = {**load_params(params_file), **overrides}
 root = Path(params["root"])
@@ -84,7 +84,7 @@ for ax, (name, curve) in zip(axes, curves.items()):
     ax.plot(steps, losses)
     ax.set_title(name)
     ax.set_xlabel("step")
-    ax.set_yscale("log")
+    log_yscale(ax)
 Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
 fig.savefig(Path(params["figures_dir"]) / "01b_training_curves.png", dpi=80, bbox_inches="tight")
 

@@ -40,7 +40,7 @@ import pandas as pd
 import koreanize_matplotlib  # noqa: F401
 
 from koclip_lib import distill, evaluate, generator, miniworld
-from koclip_lib.common import load_params, write_json
+from koclip_lib.common import load_params, log_yscale, write_json
 from koclip_lib.pipeline import load_korean_pipeline
 
 params = {**load_params(params_file), **overrides}
@@ -65,7 +65,7 @@ for ax, (objective, folder) in zip(axes, students.items()):
     ax.plot(*zip(*train), label="train")
     ax.plot(*zip(*val), "o-", label="validation")
     ax.set_title(f"{objective} ({log['steps']} steps{', early stop' if log['stopped_early'] else ''})")
-    ax.set_yscale("log")
+    log_yscale(ax)
     ax.legend()
 Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
 fig.savefig(Path(params["figures_dir"]) / "02_distill_curves.png", dpi=80, bbox_inches="tight")

@@ -10,7 +10,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread, as in the notebooks' kernels (koclip_lib.run): a model a test trains into the shared outputs/mini cache (the
+# classifier) is then the one `make all` trains, and on these tiny models a second thread gains little
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
