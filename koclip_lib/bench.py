@@ -13,12 +13,15 @@ to it, so a busy or a faster machine changes the numbers but not the comparison.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from .train import LoopConfig
 
 
 def _timed(fn: Callable[[], object], repeats: int = 1) -> float:
@@ -83,8 +86,6 @@ def from_scratch_probe(params: dict, root: str | Path, out_dir: str | Path, epoc
 
     Returns measured steps/s and losses beside the English run's at the same step, and the time-to-quality estimate.
     """
-    import json
-
     from . import generator as g
     from . import miniworld as mw
 
@@ -92,8 +93,6 @@ def from_scratch_probe(params: dict, root: str | Path, out_dir: str | Path, epoc
     paths = g.ensure_generator(params, root)
     world = mw.WorldConfig.from_params(params.get("world"))
     t_cfg, u_cfg = g.TeacherConfig(**params.get("teacher", {})), g.UNetConfig(**params.get("unet", {}))
-    from .train import LoopConfig
-
     t_steps = max(1, round(epochs * t_cfg.n_images / LoopConfig.from_params(t_cfg.loop).batch_size))
     u_steps = max(1, round(epochs * u_cfg.n_images / LoopConfig.from_params(u_cfg.loop).batch_size))
     teacher_metrics = g.train_teacher(out_dir / "teacher", world, t_cfg, caption=mw.caption_ko, stop_after=t_steps)
@@ -127,8 +126,6 @@ def from_scratch_probe(params: dict, root: str | Path, out_dir: str | Path, epoc
 
 def ensure_from_scratch_probe(params: dict, root: str | Path, epochs: float = 1.0) -> dict:
     """`from_scratch_probe`, cached under root/from_scratch by the generator it is compared with."""
-    import json
-
     from . import generator as g
     from .common import cached_artifact, write_json
 

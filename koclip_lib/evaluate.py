@@ -251,9 +251,6 @@ def guidance_sweep(pipe, classifier: AttributeClassifier, prompt_file: str | Pat
     return pd.DataFrame(records).set_index("guidance")
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
-
 
 def sd_sweep(versions: dict[str, dict], encoders: dict[str, tuple[str, str | Path | None]], prompts: Sequence[tuple[str, str]],
              seed: int, classifier: AttributeClassifier | None = None, prompt_files: dict[str, tuple[str, str]] | None = None,
@@ -335,3 +332,7 @@ def sweep_encoders(names: Sequence[str], students: dict[str, Path], translator: 
         else:
             raise ValueError(f"unknown encoder {name!r} in sweep.encoders; known: teacher, raw, translator, {', '.join(students)}")
     return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,7 +1,5 @@
 """The Korean pipeline: compatibility errors, the prompt policy, save/load, and the evaluate CLI on a saved pipeline."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
