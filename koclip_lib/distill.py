@@ -465,6 +465,14 @@ def _unet_stage_inputs(sd_dir, cfg: DistillConfig):
 # ---------------------------------------------------------------------------------------------------------------
 # Embedding-level measurements.
 # ---------------------------------------------------------------------------------------------------------------
+def retrieval(queries: torch.Tensor, candidates: torch.Tensor, truth: torch.Tensor | None = None) -> dict:
+    """R@1 / R@5 of each query finding its candidate (`truth[i]`, default candidate i) by cosine among all."""
+    sims = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T
+    truth = torch.arange(len(queries)) if truth is None else truth
+    rank = (sims > sims.gather(1, truth[:, None])).sum(1)  # how many candidates beat the right one
+    return {"R@1": float((rank < 1).float().mean()), "R@5": float((rank < 5).float().mean())}
+
+
 @torch.no_grad()
 def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_size: int = 256) -> dict:
     """On held-out (ko, en) pairs: token-sequence cosine and MSE of encoder(ko) to teacher(en), and Korean->English
@@ -483,11 +491,9 @@ def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_siz
     candidates = sorted(set(en))
     cand_pool = torch.cat([encode(teacher, teacher_tok, candidates[i:i + batch_size]).pooler_output
                            for i in range(0, len(candidates), batch_size)])
-    sims = F.normalize(pool, dim=-1) @ F.normalize(cand_pool, dim=-1).T
     truth = torch.tensor([candidates.index(e) for e in en])
-    rank = (sims > sims.gather(1, truth[:, None])).sum(1)  # how many candidates beat the right one
     return {"seq_cosine": float(F.cosine_similarity(seq, t_seq, dim=-1).mean()), "seq_mse": float(F.mse_loss(seq, t_seq)),
-            "R@1": float((rank < 1).float().mean()), "R@5": float((rank < 5).float().mean()), "pairs": len(pairs),
+            **retrieval(pool, cand_pool, truth), "pairs": len(pairs),
             "candidates": len(candidates)}
 
 

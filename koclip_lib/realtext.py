@@ -267,13 +267,6 @@ def ensure_students(params: dict, corpus_dir, backbone_dir, teacher, teacher_tok
 # ---------------------------------------------------------------------------------------------------------------
 # The FLORES-200 devtest table.
 # ---------------------------------------------------------------------------------------------------------------
-def retrieval(queries: torch.Tensor, candidates: torch.Tensor) -> dict:
-    """R@1 / R@5 of query i finding candidate i by cosine among all candidates."""
-    sims = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T
-    rank = (sims > sims.diagonal()[:, None]).sum(1)
-    return {"R@1": float((rank < 1).float().mean()), "R@5": float((rank < 5).float().mean())}
-
-
 @torch.no_grad()
 def teacher_space_row(encoder, tokenizer, teacher, teacher_tok, sources: list[str], refs: list[str]) -> dict:
     """encoder(source) against teacher(reference English): `distill.embedding_metrics` (R@1/R@5 among the distinct
@@ -297,7 +290,7 @@ def flores_table(data: RealTextData, teacher, teacher_tok, students: dict[str, P
         rows[f"translate ({system}) → teacher"] = teacher_space_row(teacher, teacher_tok, teacher, teacher_tok, read_lines(path), en)
     if use is not None:  # its own 512-d space: its cosines are not on the teacher's scale, its R@1/R@5 are comparable
         q, c = torch.from_numpy(use.encode(ko)), torch.from_numpy(use.encode(en))
-        rows["USE multilingual (own space, off the shelf)"] = {"space": "USE", **retrieval(q, c),
+        rows["USE multilingual (own space, off the shelf)"] = {"space": "USE", **distill.retrieval(q, c),
                                                              "pairs": len(ko), "candidates": len(set(en))}
     table = pd.DataFrame(rows).T
     return table[["space", "R@1", "R@5", "cos_to_teacher_en", "seq_cosine", "pairs", "candidates"]]
