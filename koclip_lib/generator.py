@@ -344,6 +344,13 @@ def save_stand_in_checkpoint(kind: str, out_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point: everything cached under outputs/mini/ by config.
 # ---------------------------------------------------------------------------------------------------------------
+def _train_sd(d: Path, world: mw.WorldConfig, u_cfg: UNetConfig, paths: dict, init_unet=None, **record) -> None:
+    """Train (or fine-tune) the UNet into `d` and save the whole SD pipeline there with its training record."""
+    metrics = train_unet(d, world, u_cfg, paths["teacher"], paths["vae"], init_unet=init_unet)
+    assemble_pipeline(paths["teacher"], paths["vae"], d / "unet", u_cfg.prediction_type).save_pretrained(d)
+    write_json(d / "train_metrics.json", {**metrics, **record})
+
+
 def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
     """Train (or reuse) classifier, teacher, VAE and UNet; save the SD pipeline to `root/sd`. Returns their folders."""
     root = Path(root)
@@ -359,13 +366,7 @@ def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[st
     paths["vae"] = cached_artifact(root / "vae", {"world": world_key, "vae": v_cfg.__dict__}, lambda d: train_vae(d, world, v_cfg))
     unet_key = {"world": world_key, "unet": u_cfg.__dict__, "teacher": t_cfg.__dict__, "vae": v_cfg.__dict__}
 
-    def build_sd(d):
-        metrics = train_unet(d, world, u_cfg, paths["teacher"], paths["vae"])
-        pipe = assemble_pipeline(paths["teacher"], paths["vae"], d / "unet", u_cfg.prediction_type)
-        pipe.save_pretrained(d)
-        write_json(d / "train_metrics.json", metrics)
-
-    paths["sd"] = cached_artifact(root / "sd", unet_key, build_sd)
+    paths["sd"] = cached_artifact(root / "sd", unet_key, lambda d: _train_sd(d, world, u_cfg, paths))
     return paths
 
 
@@ -381,12 +382,9 @@ def ensure_finetuned_sd(params: dict, root: str | Path, name: str, style: str, l
     u_cfg = UNetConfig(**{**params.get("unet", {}), "loop": loop})
     base = json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"]
 
-    def build(d):
-        metrics = train_unet(d, world, u_cfg, paths["teacher"], paths["vae"], init_unet=paths["sd"] / "unet")
-        assemble_pipeline(paths["teacher"], paths["vae"], d / "unet", u_cfg.prediction_type).save_pretrained(d)
-        write_json(d / "train_metrics.json", {**metrics, "base": str(paths["sd"]), "style": style})
-
-    return cached_artifact(root / name, {"base": base, "style": style, "loop": loop, "world": params.get("world")}, build)
+    return cached_artifact(root / name, {"base": base, "style": style, "loop": loop, "world": params.get("world")},
+                           lambda d: _train_sd(d, world, u_cfg, paths, init_unet=paths["sd"] / "unet",
+                                               base=str(paths["sd"]), style=style))
 
 
 def resolve_sd_versions(params: dict, root: str | Path = "outputs/mini") -> dict[str, dict]:
