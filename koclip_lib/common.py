@@ -46,9 +46,19 @@ def cached_artifact(out_dir: str | os.PathLike, config: dict, build: Callable[[P
 
     `artifact.json` records the config hash when a build starts and `finished: true` when it ends, so an
     interrupted build with the same config runs again in place (its checkpoints let it resume), while a
-    changed config starts from an empty folder.
+    changed config starts from an empty folder. A lock file beside the folder makes processes that want the same
+    artifact at once (`python -m koclip_lib.run --jobs 2`) wait for one build instead of racing two.
     """
+    import fcntl
+
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        return _cached_artifact(out_dir, config, build, force)
+
+
+def _cached_artifact(out_dir: Path, config: dict, build: Callable[[Path], Any], force: bool) -> Path:
     stamp = out_dir / "artifact.json"
     key = config_hash(config)
     previous = {}

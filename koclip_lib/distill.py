@@ -500,19 +500,21 @@ def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_siz
 # ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point.
 # ---------------------------------------------------------------------------------------------------------------
-def ensure_students(params: dict, root="outputs/mini") -> dict[str, Path]:
-    """Train (or reuse) one student per objective into root/student-<objective>/; returns their folders."""
+def ensure_students(params: dict, root="outputs/mini", objectives: list[str] | None = None) -> dict[str, Path]:
+    """Train (or reuse) one student per objective into root/student-<objective>/; returns their folders.
+    `objectives` (default: the profile's) picks some: pooled and sequence need only the teacher, not the SD."""
     from . import miniworld as mw
-    from .generator import ensure_generator
+    from .common import config_hash
+    from .generator import ensure_generator, ensure_teacher, generator_keys
 
     root = Path(root)
-    paths = ensure_generator(params, root)
     corpus_dir = mw.ensure_world_corpus(params, root)
     section = params.get("distill", {})
     base = {k: v for k, v in section.items() if k in DistillConfig.__dataclass_fields__}
-    teacher_dir = Path(section.get("teacher") or paths["teacher"])
+    teacher_dir = Path(section.get("teacher") or ensure_teacher(params, root))
+    sd_key = config_hash(generator_keys(params)["sd"])  # the key of root/sd, built or not
     out = {}
-    for objective in section.get("objectives", list(OBJECTIVES)):
+    for objective in objectives or section.get("objectives", list(OBJECTIVES)):
         cfg = DistillConfig(**{**base, "objective": objective, "seed": params.get("seed", 0),
                                "heldout": mw.WorldConfig.from_params(params.get("world")).heldout})
         init = out.get("sequence") if objective == "unet" else None
@@ -522,10 +524,11 @@ def ensure_students(params: dict, root="outputs/mini") -> dict[str, Path]:
         stage_only = () if objective == "unet" else UNET_STAGE_FIELDS
         key = {"distill": {k: v for k, v in cfg.__dict__.items() if k not in stage_only}, "teacher": str(teacher_dir),
                "corpus": params.get("corpus"), "world": params.get("world"),
-               "sd": json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"], "init": str(init)}
+               "sd": sd_key, "init": str(init)}
+        sd_dir = ensure_generator(params, root)["sd"] if objective == "unet" else None
 
-        def build(d, cfg=cfg, init=init):
-            result = train_student(d, cfg, corpus_dir, teacher_dir, sd_dir=paths["sd"], init_from=init)
+        def build(d, cfg=cfg, init=init, sd_dir=sd_dir):
+            result = train_student(d, cfg, corpus_dir, teacher_dir, sd_dir=sd_dir, init_from=init)
             test_pairs = load_pairs(corpus_dir, "test")[:1000]
             metrics = {"embedding_test": embedding_metrics(result["student"], result["tokenizer"], result["teacher"],
                                                            result["teacher_tok"], test_pairs),

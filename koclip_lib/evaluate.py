@@ -1,11 +1,12 @@
 """Score a text-to-image pipeline on a prompt file with the mini-world attribute classifier.
 
     python -m koclip_lib.evaluate --pipeline outputs/mini/sd --prompts prompts.tsv [--text-encoder DIR]
-        [--translate DIR] [--seeds N] [--save-grid grid.png]
+        [--translate DIR] [--lora ink:1.0 [--trigger]] [--seeds N] [--save-grid grid.png]
 
 The prompt file is a TSV with a header: `prompt`, `color`, `shape` and optionally `position`, `style`
 (English attribute names of the mini-world vocabulary; an empty cell is not scored). The last line printed is
-one JSON object: accuracy per attribute, images generated, seconds per image.
+one JSON object: accuracy per attribute, the share of images in each style (`style_share`: with an ink LoRA,
+`style_share.ink` is its style rate), images generated, seconds per image.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def score(classifier: AttributeClassifier, images: torch.Tensor, rows: Sequence[
         if hits:
             accuracy[name] = float(np.mean(hits))
             counts[name] = len(hits)
-    return {"accuracy": accuracy, "scored": counts, "predicted": predicted}
+    style_share = {v: float(np.mean([p == v for p in predicted["style"]])) for v in ATTRIBUTES["style"]}
+    return {"accuracy": accuracy, "scored": counts, "style_share": style_share, "predicted": predicted}
 
 
 def evaluate_rows(pipe, rows: Sequence[PromptRow], classifier: AttributeClassifier, seeds: int = 1, base_seed: int = 0,
@@ -112,8 +114,8 @@ def evaluate_rows(pipe, rows: Sequence[PromptRow], classifier: AttributeClassifi
     seed_list = [base_seed + 1000 * i + k for i in range(len(rows)) for k in range(seeds)]
     images, seconds_per_image = generate(pipe, [r.prompt for r in expanded], seed_list, **generate_kwargs)
     scored = score(classifier, images, expanded)
-    result = {"accuracy": scored["accuracy"], "scored": scored["scored"], "images": len(expanded),
-              "seconds_per_image": seconds_per_image}
+    result = {"accuracy": scored["accuracy"], "scored": scored["scored"], "style_share": scored["style_share"],
+              "images": len(expanded), "seconds_per_image": seconds_per_image}
     return result, images, expanded
 
 
@@ -162,6 +164,36 @@ def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[st
     return grid
 
 
+@torch.no_grad()
+def vae_round_trip_accuracy(vae, classifier: AttributeClassifier, world, style: str = "plain", n: int = 400,
+                            seed: int = 7) -> dict:
+    """What any generator decoding through `vae` can reach: the classifier's accuracy on rendered scenes of `style`
+    (seen colour-shape pairs) after the VAE's encode and decode."""
+    from .miniworld import render_batch, sample_scenes
+
+    scenes = sample_scenes(n, seed, world, split="seen", styles=[style])
+    images = render_batch(scenes, seed, world.image_size).to(vae.device)
+    decoded = vae.decode(vae.encode(images).latent_dist.mean).sample.cpu()
+    predicted = classifier.predict(decoded)
+    return {name: float(np.mean([p == getattr(s, name) for p, s in zip(predicted[name], scenes)]))
+            for name in ("color", "shape", "style")}
+
+
+def with_triggers(rows: Sequence[PromptRow], entries: Sequence[dict]) -> list[PromptRow]:
+    """Each prompt with the LoRAs' trigger words added (where each LoRA puts it), scored against the LoRA's style."""
+    from .lora import add_trigger
+
+    out = []
+    for row in rows:
+        prompt, attributes = row.prompt, dict(row.attributes)
+        for entry in entries:
+            prompt = add_trigger(prompt, entry.get("trigger", ""), entry.get("trigger_position", "end"))
+            if entry.get("style"):
+                attributes["style"] = entry["style"]
+        out.append(PromptRow(prompt, attributes, row.line))
+    return out
+
+
 def load_pipeline(pipeline_dir: str | Path, text_encoder: str | Path | None = None, device: str | None = None):
     """The SD pipeline from a folder, with a Korean student text encoder swapped in when one is given; a folder
     saved from a Korean pipeline loads as one."""
@@ -183,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--prompts", required=True, help="TSV: prompt, color, shape[, position, style]")
     ap.add_argument("--text-encoder", help="Korean student folder to swap in for the pipeline's text encoder")
     ap.add_argument("--translate", help="translator folder: translate Korean prompts to English first (baseline)")
+    ap.add_argument("--lora", action="append", help="NAME[:WEIGHT] from the LoRA registry, e.g. ink:1.0 (repeat to mix)")
+    ap.add_argument("--lora-registry", default="outputs/mini/loras/registry.json", help="JSON {name: {path, trigger, ...}}")
+    ap.add_argument("--trigger", action="store_true",
+                    help="add each LoRA's trigger word to every prompt and expect the LoRA's style")
     ap.add_argument("--classifier", default="outputs/mini/classifier", help="attribute classifier folder")
     ap.add_argument("--seeds", type=int, default=1, help="images per prompt")
     ap.add_argument("--base-seed", type=int, default=0)
@@ -201,6 +237,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = rows[: args.limit] if args.limit else rows
     classifier = load_classifier(args.classifier)
     pipe = load_pipeline(args.pipeline, args.text_encoder, args.device)
+    if args.lora or args.trigger:
+        from .lora import LoraError, LoraRegistry, apply_loras, parse_lora_spec
+
+        try:
+            registry = LoraRegistry.from_file(args.lora_registry)
+            weights = parse_lora_spec(args.lora)
+            if args.trigger and not weights:
+                raise LoraError("--trigger needs --lora NAME: the trigger word is the LoRA's")
+            apply_loras(pipe, weights, registry)
+        except LoraError as err:
+            ap.exit(2, f"error: {err}\n")
+        if args.trigger:
+            rows = with_triggers(rows, [registry.get(n) for n in weights])
     translate_seconds = None
     if args.translate:
         from .translate import Translator
@@ -215,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if translate_seconds is not None:
         result["translate_seconds_per_prompt"] = translate_seconds
     result.update({"pipeline": str(args.pipeline), "prompts": str(args.prompts), "text_encoder": args.text_encoder,
-                   "translate": args.translate, "steps": args.steps, "guidance": args.guidance})
+                   "translate": args.translate, "lora": args.lora, "trigger": args.trigger, "steps": args.steps,
+                   "guidance": args.guidance})
     if args.save_grid:
         Path(args.save_grid).parent.mkdir(parents=True, exist_ok=True)
         image_grid(images[:64], [r.prompt for r in expanded[:64]]).save(args.save_grid)

@@ -351,22 +351,34 @@ def _train_sd(d: Path, world: mw.WorldConfig, u_cfg: UNetConfig, paths: dict, in
     write_json(d / "train_metrics.json", {**metrics, **record})
 
 
-def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
-    """Train (or reuse) classifier, teacher, VAE and UNet; save the SD pipeline to `root/sd`. Returns their folders."""
-    root = Path(root)
-    world = mw.WorldConfig.from_params(params.get("world"))
+def generator_keys(params: dict) -> dict[str, dict]:
+    """The cache key of each generator part (teacher, vae, sd), computed from the profile alone: what depends on a part
+    can name it before it is built (`distill.ensure_students` keys its students by the SD they are checked on)."""
     world_key = params.get("world") or {}
     t_cfg = TeacherConfig(**params.get("teacher", {}))
     v_cfg = VAEConfig(**params.get("vae", {}))
     u_cfg = UNetConfig(**params.get("unet", {}))
-    paths = {}
-    paths["classifier"] = mw.ensure_classifier(params, root)
-    paths["teacher"] = cached_artifact(root / "teacher", {"world": world_key, "teacher": t_cfg.__dict__},
-                                       lambda d: train_teacher(d, world, t_cfg))
-    paths["vae"] = cached_artifact(root / "vae", {"world": world_key, "vae": v_cfg.__dict__}, lambda d: train_vae(d, world, v_cfg))
-    unet_key = {"world": world_key, "unet": u_cfg.__dict__, "teacher": t_cfg.__dict__, "vae": v_cfg.__dict__}
+    return {"teacher": {"world": world_key, "teacher": t_cfg.__dict__}, "vae": {"world": world_key, "vae": v_cfg.__dict__},
+            "sd": {"world": world_key, "unet": u_cfg.__dict__, "teacher": t_cfg.__dict__, "vae": v_cfg.__dict__}}
 
-    paths["sd"] = cached_artifact(root / "sd", unet_key, lambda d: _train_sd(d, world, u_cfg, paths))
+
+def ensure_teacher(params: dict, root: str | Path = "outputs/mini") -> Path:
+    """Train (or reuse) the teacher CLIP alone (what the pooled and sequence students need) into `root/teacher`."""
+    world = mw.WorldConfig.from_params(params.get("world"))
+    t_cfg = TeacherConfig(**params.get("teacher", {}))
+    return cached_artifact(Path(root) / "teacher", generator_keys(params)["teacher"], lambda d: train_teacher(d, world, t_cfg))
+
+
+def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
+    """Train (or reuse) classifier, teacher, VAE and UNet; save the SD pipeline to `root/sd`. Returns their folders."""
+    root = Path(root)
+    world = mw.WorldConfig.from_params(params.get("world"))
+    v_cfg = VAEConfig(**params.get("vae", {}))
+    u_cfg = UNetConfig(**params.get("unet", {}))
+    keys = generator_keys(params)
+    paths = {"classifier": mw.ensure_classifier(params, root), "teacher": ensure_teacher(params, root)}
+    paths["vae"] = cached_artifact(root / "vae", keys["vae"], lambda d: train_vae(d, world, v_cfg))
+    paths["sd"] = cached_artifact(root / "sd", keys["sd"], lambda d: _train_sd(d, world, u_cfg, paths))
     return paths
 
 

@@ -2,6 +2,7 @@
 
     python -m koclip_lib.run --params params/mini.yaml            # every notebook (the main job)
     python -m koclip_lib.run --params params/mini.yaml --only 01  # one (or several: --only 01 02)
+    python -m koclip_lib.run --params params/mini.yaml --build --jobs 2  # only train the models, two at a time
 
 The jupytext `.py` file is the source of each notebook (readable diffs); papermill injects `params_file`
 into the cell tagged `parameters` and executes with the repository root as working directory.
@@ -10,6 +11,8 @@ into the cell tagged `parameters` and executes with the repository root as worki
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,12 +64,69 @@ def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "p
     return target
 
 
+# What the notebooks train, as two lanes that run side by side (`--build --jobs 2`), one process and one thread each.
+# The second lane trains the two students that need only the teacher while the first trains the VAE and the UNet;
+# a lane that reaches an artifact the other is building waits for it (`common.cached_artifact` locks). Every step
+# is an `ensure_*` call the notebooks make too, so they then find the models cached.
+BUILD_LANES = (
+    ("generator", "translator", "from_scratch", "sweep_versions", "students", "loras"),
+    ("teacher_students",),
+)
+
+
+def build_step(step: str, params: dict, root: Path) -> None:
+    from . import bench, distill, generator, lora, translate
+
+    steps = {
+        "generator": lambda: generator.ensure_generator(params, root),
+        "translator": lambda: translate.ensure_translator(params, root),
+        "from_scratch": lambda: bench.ensure_from_scratch_probe(
+            params, root, epochs=params.get("feasibility", {}).get("from_scratch_epochs", 1)),
+        "sweep_versions": lambda: generator.resolve_sd_versions(params, root),
+        "teacher_students": lambda: distill.ensure_students(
+            params, root, [o for o in params.get("distill", {}).get("objectives", []) if o != "unet"]),
+        "students": lambda: distill.ensure_students(params, root),
+        "loras": lambda: lora.ensure_loras(params, root),
+    }
+    started = time.time()
+    steps[step]()
+    print(f"  built {step} ({time.time() - started:.0f} s)", flush=True)
+
+
+def build(params_file: str, jobs: int = 2) -> None:
+    """Train every model the notebooks use, `jobs` lanes at a time (each lane its own one-thread process)."""
+    lanes = [list(l) for l in BUILD_LANES]
+    if jobs < 2:  # the first lane's steps include everything the second builds
+        lanes = lanes[:1]
+    procs = [subprocess.Popen([sys.executable, "-m", "koclip_lib.run", "--params", params_file, "--lane", str(i)],
+                              env={**os.environ, **KERNEL_ENV}, cwd=REPO_ROOT) for i in range(len(lanes))]
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        sys.exit(f"error: build lane(s) {failed} failed; their output is above")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m koclip_lib.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params/mini.yaml", help="profile file under params/")
     ap.add_argument("--only", nargs="*", help="notebook numbers or names, e.g. 01 02_distill")
     ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "notebooks"), help="where executed notebooks go")
+    ap.add_argument("--build", action="store_true", help="train the models the notebooks use, then stop")
+    ap.add_argument("--jobs", type=int, default=2, help="build lanes run side by side (--build)")
+    ap.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # one build lane, in this process (what --build starts)
     args = ap.parse_args(argv)
+    if args.lane is not None:
+        from .common import load_params
+
+        params = load_params(args.params)
+        os.chdir(REPO_ROOT)  # as the notebooks run: cache keys hold paths relative to the repository root
+        for step in BUILD_LANES[args.lane]:
+            build_step(step, params, Path(params["root"]))
+        return
+    if args.build:
+        started = time.time()
+        build(args.params, args.jobs)
+        print(f"built the models in {time.time() - started:.0f} s", flush=True)
+        return
     notebooks = list_notebooks(args.only)
     if not notebooks:
         ap.exit(2, f"error: no notebook matches {args.only}; have {[p.stem for p in list_notebooks()]}\n")

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import sqlite3
 import threading
@@ -63,11 +62,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .lora import LORA_NAME  # one rule for LoRA names: the registry's
+
 log = logging.getLogger("koclip.serve")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = "queued", "running", "succeeded", "failed", "cancelled", "expired"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
-LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass
@@ -208,19 +208,14 @@ class JobStore:
 # The pipeline-backed engine: one call generates one batch
 # ---------------------------------------------------------------------------------------------------------------
 def load_lora_registry(path: str | os.PathLike | None) -> dict[str, dict]:
-    """{name: {path, trigger, description}}; relative paths are relative to the registry file."""
-    if not path:
-        return {}
-    path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    registry = {}
-    for name, entry in data.items():
-        if not LORA_NAME.match(name) or ".." in name:
-            raise ValueError(f"{path}: LoRA name {name!r} must match {LORA_NAME.pattern} and contain no '..'")
-        if "path" not in entry:
-            raise ValueError(f"{path}: LoRA {name!r} has no 'path'")
-        registry[name] = {**entry, "path": str((path.parent / entry["path"]).resolve())}
-    return registry
+    """{name: {path, trigger, description, ...}} from a `koclip_lib.lora` registry file (relative paths are relative
+    to the file); names are what clients send, paths never leave the server."""
+    from .lora import LoraError, LoraRegistry
+
+    try:
+        return LoraRegistry.from_file(path).entries
+    except LoraError as err:
+        raise ValueError(str(err)) from None
 
 
 def png_bytes(image) -> bytes:
@@ -237,8 +232,6 @@ class PipelineEngine:
         self.loras = dict(loras or {})    # name -> registry entry; create_app fills it from the settings
         self.cache_size = cache_size
         self._embeddings: OrderedDict = OrderedDict()
-        self._loaded: set[str] = set()
-        self._lora_active = False
         self.cache_hits = self.cache_misses = 0
         pipe.set_progress_bar_config(disable=True)
 
@@ -269,19 +262,11 @@ class PipelineEngine:
         return embeds
 
     def _apply_loras(self, loras: tuple) -> None:
-        if not loras:
-            if self._lora_active:
-                self.pipe.disable_lora()
-                self._lora_active = False
-            return
-        for name, _ in loras:
-            if name not in self._loaded:
-                self.pipe.load_lora_weights(self.loras[name]["path"], adapter_name=name)
-                self._loaded.add(name)
-        if not self._lora_active:
-            self.pipe.enable_lora()
-        self.pipe.set_adapters([n for n, _ in loras], [w for _, w in loras])
-        self._lora_active = True
+        """Make exactly these (name, weight) LoRAs active; each file is checked before it is loaded, so a bad one
+        fails its job (LoraFileError) and leaves the pipeline as it was."""
+        from .lora import LoraRegistry, apply_loras
+
+        apply_loras(self.pipe, dict(loras), LoraRegistry(self.loras))
 
     @torch.inference_mode()
     def generate(self, specs: list[JobSpec], on_step: Callable[[int, int], bool]) -> Optional[list[bytes]]:
@@ -730,6 +715,30 @@ def request_models(s: Settings, lora_names: frozenset[str]):
     return ImageRequest
 
 
+def invalid_response(errors: list[dict]) -> JSONResponse:
+    """422 naming each bad field, from pydantic/FastAPI validation errors (also used by koclip_lib.serve_ray)."""
+    out = []
+    for err in errors:
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        name = ".".join(loc) or "body"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append({"field": name, "message": f"{name}: {msg}"})
+    return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in out), "errors": out})
+
+
+def job_spec(req, engine) -> JobSpec:
+    """The JobSpec of a validated request, every default resolved; 422 for a prompt the pipeline will not draw."""
+    width, height = engine.default_size
+    try:
+        windows = engine.text_windows(req.prompt, req.negative_prompt)
+    except ValueError as err:  # e.g. more tokens than the Korean pipeline reads
+        raise HTTPException(422, f"prompt: {err}")
+    return JobSpec(prompt=req.prompt, negative_prompt=req.negative_prompt,
+                   seed=req.seed if req.seed is not None else secrets.randbelow(2**32), steps=req.steps,
+                   guidance=float(req.guidance), width=req.width or width, height=req.height or height,
+                   loras=tuple((lora.name, float(lora.weight)) for lora in req.loras), text_windows=windows)
+
+
 def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -756,13 +765,7 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        errors = []
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"] if p != "body"]
-            name = ".".join(loc) or "body"
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            errors.append({"field": name, "message": f"{name}: {msg}"})
-        return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in errors), "errors": errors})
+        return invalid_response(exc.errors())
 
     def require_key(request: Request) -> None:
         if not settings.api_key:
@@ -774,15 +777,7 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     def admit(req) -> tuple[Job, int, float]:
-        width, height = engine.default_size
-        try:
-            windows = engine.text_windows(req.prompt, req.negative_prompt)
-        except ValueError as err:  # e.g. more tokens than the Korean pipeline reads
-            raise HTTPException(422, f"prompt: {err}")
-        spec = JobSpec(prompt=req.prompt, negative_prompt=req.negative_prompt,
-                       seed=req.seed if req.seed is not None else secrets.randbelow(2**32), steps=req.steps,
-                       guidance=float(req.guidance), width=req.width or width, height=req.height or height,
-                       loras=tuple((lora.name, float(lora.weight)) for lora in req.loras), text_windows=windows)
+        spec = job_spec(req, engine)
         try:
             return service.submit(spec, req.deadline_s or settings.default_deadline_s)
         except Rejected as err:

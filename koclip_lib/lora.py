@@ -1,0 +1,664 @@
+"""Korean style LoRAs: captioned datasets, UNet-only LoRA training, files other tools load, and a registry by name.
+
+    ds = render_style_dataset("outputs/mini/loras/ink/data", world, style="ink", n=2000, trigger="백묘법")  # mini
+    ds = caption_image_folder("photos/", "data/", trigger="백묘법", captioner=hf_captioner(), translator=hf_translator())  # full
+    train_lora("outputs/mini/loras/ink", pipe, ds, LoraTrainConfig(rank=8, trigger="백묘법"))
+    registry = LoraRegistry.from_file("outputs/mini/loras/registry.json")
+    apply_loras(pipe, {"ink": 1.0}, registry)          # load (once) and weight; several at once mix
+    pipe("왼쪽에 빨간 별이 있다, 백묘법")
+    apply_loras(pipe, {}, registry)                    # off again, without reloading the pipeline
+
+Why UNet-only: the text encoder is what we swap (CLIP -> the Korean student), so a style learned in the UNet keeps
+working behind either encoder, which is how the seed's English LoRAs kept working after the swap.
+
+Files: `pytorch_lora_weights.safetensors` is diffusers' layout (`pipe.load_lora_weights(folder)` reads it) with the
+LoRA's rank and alpha in its metadata; `<name>.kohya.safetensors` is the kohya-ss / A1111 layout (`lora_unet_...`
+keys, `.alpha` tensors, `ss_*` metadata), written with diffusers' own `convert_state_dict_to_kohya`, which diffusers
+converts back when it loads one.
+
+Prior preservation: trained on styled images only, a LoRA draws the style with or without its trigger word. As in
+DreamBooth, the base pipeline first draws one image per caption *without* the trigger (the class images); each step
+then also asks the LoRA'd UNet to give the frozen base UNet's own prediction on those noisy images for the untriggered
+captions (and, now and then, for the empty prompt, classifier-free guidance's unconditional input).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import miniworld as mw
+from .common import write_json
+from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
+TRIGGER_POSITIONS = ("start", "end")
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
+
+
+class LoraError(ValueError):
+    """A LoRA that cannot be used; the message says which and why."""
+
+
+class UnknownLoraError(LoraError, KeyError):
+    """A LoRA name the registry does not have; the message lists the ones it has."""
+
+    def __str__(self):  # KeyError would print the message in quotes
+        return self.args[0]
+
+
+class LoraFileError(LoraError):
+    """A LoRA file that is unreadable or does not fit the pipeline's UNet; the pipeline is left as it was."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Captions and datasets: an image folder + metadata.jsonl, the layout diffusers' training scripts read
+# ---------------------------------------------------------------------------------------------------------------
+def add_trigger(caption: str, trigger: str, position: str = "end", separator: str = ", ") -> str:
+    """The caption with its trigger word at the start or the end ("..., 백묘법", as the seed wrote its prompts)."""
+    if position not in TRIGGER_POSITIONS:
+        raise ValueError(f"trigger position must be one of {TRIGGER_POSITIONS}, not {position!r}")
+    if not trigger:
+        return caption
+    return f"{trigger}{separator}{caption}" if position == "start" else f"{caption}{separator}{trigger}"
+
+
+def write_image_dataset(out_dir: str | Path, images: Sequence[Image.Image], records: Sequence[dict]) -> Path:
+    """`out_dir/train/00000.png ...` + `out_dir/train/metadata.jsonl` ({"file_name", "text", ...} per line):
+    what `datasets.load_dataset("imagefolder", data_dir=out_dir)` and diffusers' `train_text_to_image_lora.py`
+    (`--train_data_dir`, `--caption_column text`) read."""
+    train = Path(out_dir) / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    with open(train / "metadata.jsonl", "w", encoding="utf-8") as meta:
+        for i, (image, record) in enumerate(zip(images, records)):
+            name = f"{i:05d}.png"
+            image.save(train / name)
+            meta.write(json.dumps({"file_name": name, **record}, ensure_ascii=False) + "\n")
+    return Path(out_dir)
+
+
+def render_style_dataset(out_dir: str | Path, world: mw.WorldConfig, style: str, n: int, trigger: str,
+                         language: str = "ko", position: str = "end", seed: int = 0) -> Path:
+    """mini's captioner is the renderer: `n` images of seen colour-shape pairs drawn in `style`, each captioned with
+    what it shows (Korean and English, written from the scene, without style words, as a captioner describes
+    content) and `text` = the caption in `language` with the trigger word added."""
+    scenes = mw.sample_scenes(n, seed, world, split="seen", styles=[style])
+    images = mw.to_pil(mw.render_batch(scenes, seed, world.image_size))
+    rng = random.Random(seed)
+    records = []
+    for scene in scenes:
+        plain = mw.Scene(scene.color, scene.shape, scene.position)  # the content; the style is the trigger's job
+        ko, en = mw.caption_pair(plain, rng, world)
+        records.append({"text": add_trigger(ko if language == "ko" else en, trigger, position),
+                        "caption_ko": ko, "caption_en": en, "style": style})
+    return write_image_dataset(out_dir, images, records)
+
+
+def hf_captioner(model: str = "Salesforce/blip-image-captioning-base", device: str | None = None,
+                 max_new_tokens: int = 30) -> Callable[[list[Image.Image]], list[str]]:
+    """An English image captioner (BLIP by default) from transformers: images -> captions."""
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    from .common import pick_device
+
+    dev = pick_device(device)
+    processor = AutoProcessor.from_pretrained(model)
+    net = BlipForConditionalGeneration.from_pretrained(model).to(dev).eval()
+
+    @torch.no_grad()
+    def caption(images: list[Image.Image]) -> list[str]:
+        inputs = processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(dev)
+        out = net.generate(**inputs, max_new_tokens=max_new_tokens)
+        return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
+
+    return caption
+
+
+def hf_translator(model: str = "Helsinki-NLP/opus-mt-tc-big-en-ko", device: str | None = None) -> Callable[[list[str]], list[str]]:
+    """English -> Korean with a Marian checkpoint (the project's `Translator`, here in the other direction)."""
+    from .translate import Translator
+
+    return Translator.from_pretrained(model, device).translate
+
+
+def caption_image_folder(image_dir: str | Path, out_dir: str | Path, trigger: str, captioner: Callable,
+                         translator: Callable, position: str = "end", batch_size: int = 16,
+                         resolution: int | None = None) -> Path:
+    """full's captioning, as the seed did it: an English caption per image (BLIP), translated to Korean, the trigger
+    word added; images copied (resized to `resolution` when given) into an image-folder dataset."""
+    from tqdm.auto import tqdm
+
+    paths = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not paths:
+        raise FileNotFoundError(f"{image_dir}: no .png/.jpg/.jpeg/.webp images")
+    images, records = [], []
+    for start in tqdm(range(0, len(paths), batch_size), desc="captioning"):
+        batch = [Image.open(p).convert("RGB") for p in paths[start:start + batch_size]]
+        if resolution:
+            batch = [im.resize((resolution, resolution), Image.BICUBIC) for im in batch]
+        english = captioner(batch)
+        korean = translator(english)
+        images += batch
+        records += [{"text": add_trigger(ko, trigger, position), "caption_ko": ko, "caption_en": en, "source": p.name}
+                    for ko, en, p in zip(korean, english, paths[start:start + batch_size])]
+    return write_image_dataset(out_dir, images, records)
+
+
+def load_image_dataset(data_dir: str | Path):
+    """The captioned dataset as a 🤗 `datasets.Dataset` (columns `image`, `text`, ...)."""
+    from datasets import load_dataset
+
+    return load_dataset("imagefolder", data_dir=str(data_dir), split="train")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training: peft LoRA on the UNet's attention projections; text encoder and VAE frozen
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class LoraTrainConfig:
+    rank: int = 8
+    alpha: float = 8.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    trigger: str = "백묘법"
+    caption_column: str = "text"          # the captions the UNet is trained on (trigger included)
+    plain_column: str = "caption_ko"      # the same captions without the trigger, for prior preservation
+    preservation_weight: float = 1.0      # 0: a plain style LoRA that is on whether or not the prompt has the trigger
+    empty_prob: float = 0.1               # share of the preservation captions replaced by the empty prompt
+    prior_steps: int = 20                 # how the base pipeline draws the class images
+    prior_guidance: float = 7.5
+    resolution: int | None = None         # None: the UNet's own (sample_size x the VAE's scale factor)
+    val_fraction: float = 0.05
+    gradient_checkpointing: bool = False
+    validation_prompts: list[str] = field(default_factory=list)  # drawn every `loop.validate_every` steps
+    validation_seed: int = 1147446245
+    loop: dict = field(default_factory=lambda: {"steps": 500, "lr": 1e-3, "batch_size": 32, "warmup_steps": 20})
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict | None) -> "LoraTrainConfig":
+        return cls(**{k: v for k, v in (params or {}).items() if k in cls.__dataclass_fields__})
+
+
+def _pixels(images, resolution: int) -> torch.Tensor:
+    arr = np.stack([np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def _text_states(pipe, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """The states the UNet reads for each caption, computed by the pipeline's own `encode_prompt` (the student's
+    windows for a Korean pipeline, CLIP's 77 states for an English one): one code path for both encoders."""
+    out = [pipe.encode_prompt(list(texts[i:i + batch_size]), pipe.device, 1, False)[0]
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out).cpu()
+
+
+@torch.no_grad()
+def _class_latents(pipe, captions: Sequence[str], steps: int, guidance: float, seed: int, batch_size: int = 64) -> torch.Tensor:
+    """DreamBooth's class images, kept as latents: what the base pipeline draws for each untriggered caption."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for start in tqdm(range(0, len(captions), batch_size), desc="class images", mininterval=5):
+        chunk = list(captions[start:start + batch_size])
+        gens = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(chunk))]
+        out.append(pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                        output_type="latent").images.cpu())
+    return torch.cat(out)  # "latent" output: already scaled, as the UNet reads latents
+
+
+def _noise_scheduler(pipe):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)  # the checkpoint's training schedule and prediction type
+
+
+def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainConfig, name: str = "lora",
+               description: str = "", stop_after: int | None = None) -> dict:
+    """Train a LoRA on `pipe.unet` for the captioned images in `data_dir`; save it to `out_dir` in both file
+    layouts with a `lora.json` card; leave `pipe` as it was. Resumes from `out_dir/train/checkpoints` when
+    interrupted (`stop_after` interrupts on purpose, for tests). Returns the training record."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from .generator import encode_images
+
+    out_dir = Path(out_dir)
+    loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
+    unet = pipe.unet
+    if getattr(unet, "peft_config", None) and name in unet.peft_config:
+        raise LoraError(f"the pipeline already has an adapter named {name!r}; unload it first")
+    dataset = load_image_dataset(data_dir)
+    for column in (cfg.caption_column,) + ((cfg.plain_column,) if cfg.preservation_weight else ()):
+        if column not in dataset.column_names:
+            raise LoraError(f"{data_dir}: no caption column {column!r}; it has {', '.join(dataset.column_names)}")
+    resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
+    latents = encode_images(pipe.vae, _pixels(dataset["image"], resolution).to(pipe.device)).cpu()
+    captions = list(dataset[cfg.caption_column])
+    states = _text_states(pipe, captions)
+    plain = prior = None
+    if cfg.preservation_weight:
+        plain_captions = list(dataset[cfg.plain_column])
+        plain = _text_states(pipe, plain_captions)
+        prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
+    empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
+    n_val = max(1, int(len(latents) * cfg.val_fraction))
+    train_idx, val_idx = torch.arange(n_val, len(latents)), torch.arange(n_val)
+    scheduler = _noise_scheduler(pipe)
+
+    # the adapter: peft LoRA on the attention projections, the rest of the UNet frozen
+    unet.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the LoRA's initial weights
+    lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=cfg.target_modules)
+    unet.add_adapter(lora_config, adapter_name=name)
+    unet.set_adapter(name)
+    lora_params = [p for n_, p in unet.named_parameters() if "lora_" in n_]
+    for p in lora_params:
+        p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    def noisy(idx, gen, source=latents):
+        x0 = source[idx].to(unet.device)
+        noise = torch.randn(x0.shape, generator=gen).to(unet.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(unet.device)
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        return scheduler.add_noise(x0, noise, t), t, target
+
+    def losses(idx, gen):
+        x_t, t, target = noisy(idx, gen)
+        cond = states[idx].to(unet.device, unet.dtype)
+        style = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), target)
+        out = {"loss": style, "style": style.detach()}
+        if cfg.preservation_weight:
+            x_t, t, _ = noisy(idx, gen, prior)
+            keep = plain[idx].clone()
+            keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = empty[0]
+            keep = keep.to(unet.device, unet.dtype)
+            with torch.no_grad():
+                unet.disable_adapters()
+                base = unet(x_t, t, encoder_hidden_states=keep).sample.float()
+                unet.enable_adapters()
+            kept = F.mse_loss(unet(x_t, t, encoder_hidden_states=keep).sample.float(), base)
+            out["loss"] = style + cfg.preservation_weight * kept
+            out["prior"] = kept.detach()
+        return out
+
+    def loss_fn(step):
+        gen = step_generator(cfg.seed, step)
+        return losses(train_idx[torch.randint(len(train_idx), (loop.batch_size,), generator=gen)], gen)
+
+    def validate():
+        value = float(losses(val_idx, step_generator(cfg.seed + 1, 0))["loss"])  # the same noise every time
+        if cfg.validation_prompts:
+            _validation_grid(pipe, cfg, out_dir / "validation" / f"step-{len(list((out_dir / 'validation').glob('*.png'))):03d}.png")
+        return value
+
+    log = train_loop([unet], loss_fn, loop, out_dir / "train", desc=f"LoRA {name}", params=lora_params,
+                     validate=validate if loop.validate_every else None, stop_after=stop_after)
+    if stop_after is not None and log["steps"] < loop.steps:
+        unet.delete_adapters(name)
+        return log
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    metadata = {"r": cfg.rank, "lora_alpha": cfg.alpha, "target_modules": list(cfg.target_modules)}
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, weight_name=WEIGHT_NAME,
+                                              unet_lora_adapter_metadata=metadata)
+    unet.delete_adapters(name)
+    unet.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    kohya = export_kohya(out_dir / WEIGHT_NAME, out_dir / f"{name}.kohya.safetensors", cfg.rank, cfg.alpha, trigger=cfg.trigger,
+                         name=name)
+    card = {"name": name, "trigger": cfg.trigger, "description": description, "file": WEIGHT_NAME, "kohya_file": kohya.name,
+            "rank": cfg.rank, "alpha": cfg.alpha, "target_modules": list(cfg.target_modules), "resolution": resolution,
+            "images": len(latents), "text_encoder": type(pipe.text_encoder).__name__, "steps": log["steps"],
+            "seconds": log["seconds"], "config": asdict(cfg)}
+    write_json(out_dir / "lora.json", card)
+    remove_checkpoints(out_dir / "train")
+    return {**log, "card": card}
+
+
+@torch.no_grad()
+def _validation_grid(pipe, cfg: LoraTrainConfig, path: Path) -> None:
+    from .evaluate import image_grid
+
+    images = pipe(list(cfg.validation_prompts), num_inference_steps=20, output_type="pil",
+                  generator=[torch.Generator().manual_seed(cfg.validation_seed) for _ in cfg.validation_prompts]).images
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, cfg.validation_prompts, cols=len(images)).save(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files: diffusers' layout and kohya-ss / A1111's
+# ---------------------------------------------------------------------------------------------------------------
+def export_kohya(diffusers_file: str | Path, out_file: str | Path, rank: int, alpha: float, trigger: str = "",
+                 name: str = "lora") -> Path:
+    """The kohya-ss / A1111 file of a diffusers LoRA, converted as diffusers' own training scripts do
+    (`--output_kohya_format`): diffusers -> peft -> kohya keys; `.alpha` set to the trained alpha (the converter
+    writes the rank, which is right only when alpha == rank)."""
+    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(diffusers_file))))
+    kohya = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+                "ss_base_model_version": "sd_v1", "ss_output_name": name, "ss_trigger_word": trigger}
+    save_file(kohya, str(out_file), metadata=metadata)
+    return Path(out_file)
+
+
+def _module_name(key: str) -> str | None:
+    """'unet.down_blocks.0...attn1.to_q.lora_A.weight' (or '.lora.down.weight') -> the UNet module it adapts."""
+    for marker in (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".lora_linear_layer."):
+        if marker in key:
+            return key.split(marker)[0]
+    return None
+
+
+def read_lora_file(path: str | Path, unet) -> dict:
+    """Check a LoRA file against `unet` without touching any pipeline: readable safetensors, UNet keys only, every
+    target module present with matching shapes. Returns {"modules": n, "rank": r}; raises LoraFileError."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHT_NAME
+    if not path.is_file():
+        raise LoraFileError(f"{path}: no such LoRA file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            list(f.keys())
+        state, _ = StableDiffusionPipeline.lora_state_dict(str(path))
+    except Exception as err:  # safetensors raises its own error types for a truncated or garbled header
+        raise LoraFileError(f"{path}: not a readable safetensors LoRA file ({type(err).__name__}: {err})") from None
+    if not state:
+        raise LoraFileError(f"{path}: holds no LoRA weights")
+    other = sorted({k.split(".")[0] for k in state if not k.startswith("unet.")})
+    if other:
+        raise LoraFileError(f"{path}: has weights for {', '.join(other)}; koclip LoRAs adapt the UNet only (the text "
+                            "encoder is the part that is swapped for the Korean student)")
+    modules = dict(unet.named_modules())
+    missing, mismatched, ranks = [], [], set()
+    for key, weight in state.items():
+        module_name = _module_name(key[len("unet."):])
+        if module_name is None:
+            continue
+        module = modules.get(module_name)
+        if module is None or not hasattr(module, "in_features"):
+            missing.append(module_name)
+            continue
+        down = ".lora_A." in key or ".lora.down." in key or "down" in key.rsplit(".", 2)[-2]
+        expected = module.in_features if down else module.out_features
+        got = weight.shape[1] if down else weight.shape[0]
+        if got != expected:
+            mismatched.append(f"{module_name} ({got} vs {expected})")
+        ranks.add(weight.shape[0] if down else weight.shape[1])
+    if missing:
+        names = sorted(set(missing))
+        raise LoraFileError(f"{path}: {len(names)} target modules are not in this UNet (e.g. {', '.join(names[:3])}): "
+                            "the LoRA was trained for another architecture")
+    if mismatched:
+        raise LoraFileError(f"{path}: {len(mismatched)} target modules have other widths than this UNet's "
+                            f"(e.g. {', '.join(mismatched[:3])}): the LoRA was trained for another model")
+    return {"modules": len({_module_name(k[len('unet.'):]) for k in state}), "rank": max(ranks) if ranks else 0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Use: a registry by name; load, mix and unload on a live pipeline
+# ---------------------------------------------------------------------------------------------------------------
+class LoraRegistry:
+    """name -> {"path", "trigger", "description", ...}. Names are keys a client may send; paths never are."""
+
+    def __init__(self, entries: dict[str, dict] | None = None):
+        self.entries: dict[str, dict] = {}
+        for name, entry in (entries or {}).items():
+            self.add(name, **entry)
+
+    def add(self, name: str, path: str | Path, **info) -> None:
+        if not LORA_NAME.match(name) or ".." in name:
+            raise LoraError(f"LoRA name {name!r} must match {LORA_NAME.pattern} and contain no '..'")
+        self.entries[name] = {"path": str(path), "trigger": info.pop("trigger", ""), "description": info.pop("description", ""), **info}
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> "LoraRegistry":
+        """A JSON file {name: {path, trigger, description}}; relative paths are relative to the file."""
+        if not path:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise LoraError(f"{path}: no such LoRA registry")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for name, entry in data.items():
+            if "path" not in entry:
+                raise LoraError(f"{path}: LoRA {name!r} has no 'path'")
+        return cls({name: {**e, "path": str((path.parent / e["path"]).resolve())} for name, e in data.items()})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        rel = {}
+        for name, e in self.entries.items():
+            p = Path(e["path"])
+            rel[name] = {**e, "path": str(p.relative_to(path.parent.resolve())) if p.is_absolute() and
+                         p.is_relative_to(path.parent.resolve()) else str(p)}
+        return write_json(path, rel)
+
+    def get(self, name: str) -> dict:
+        if name not in self.entries:
+            known = ", ".join(sorted(self.entries)) or "none registered"
+            raise UnknownLoraError(f"unknown LoRA {name!r}; known: {known}")
+        return self.entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def public(self) -> dict[str, dict]:
+        """What a client may see: names, triggers, descriptions; no paths."""
+        return {n: {k: v for k, v in e.items() if k != "path"} for n, e in sorted(self.entries.items())}
+
+
+def parse_lora_spec(specs: Sequence[str] | str | None) -> dict[str, float]:
+    """["ink:1.0", "ink-en:0.5"] or "ink:1.0,ink-en" -> {"ink": 1.0, "ink-en": 0.5 / 1.0}."""
+    if not specs:
+        return {}
+    items = [s for spec in ([specs] if isinstance(specs, str) else specs) for s in spec.split(",") if s.strip()]
+    out = {}
+    for item in items:
+        name, _, weight = item.strip().partition(":")
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise LoraError(f"LoRA {item!r}: the weight after ':' must be a number") from None
+    return out
+
+
+def loaded_adapters(pipe) -> list[str]:
+    return sorted(getattr(pipe.unet, "peft_config", None) or {})
+
+
+def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
+    """Load the registry's LoRA `name` into `pipe` as the adapter `name`, once; the file is checked first, so a
+    bad file raises LoraFileError and leaves the pipeline exactly as it was."""
+    if name in loaded_adapters(pipe):
+        return
+    path = Path(registry.get(name)["path"])
+    read_lora_file(path, pipe.unet)
+    if path.is_dir():
+        pipe.load_lora_weights(str(path), weight_name=WEIGHT_NAME, adapter_name=name)
+    else:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+
+
+def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
+    """Make exactly `weights` ({name: weight}) the active LoRAs of `pipe`: loads the ones not loaded yet, weights
+    them with `set_adapters`; {} switches every LoRA off (they stay loaded for the next call)."""
+    for name in weights:
+        registry.get(name)  # every name is checked before anything is loaded
+    for name in weights:
+        load_lora(pipe, name, registry)
+    if not weights:
+        if loaded_adapters(pipe):
+            pipe.disable_lora()
+        return
+    pipe.enable_lora()
+    pipe.set_adapters(list(weights), list(weights.values()))
+
+
+def unload_loras(pipe) -> None:
+    """Remove every LoRA from `pipe` (the base UNet is as it was before any was loaded)."""
+    if loaded_adapters(pipe):
+        pipe.unload_lora_weights()
+
+
+def prompts_with_trigger(prompts: Sequence[str], entry: dict) -> list[str]:
+    return [add_trigger(p, entry.get("trigger", ""), entry.get("trigger_position", "end")) for p in prompts]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The main job's entry point: each LoRA of the profile trained once, cached by config; a registry of all of them
+# ---------------------------------------------------------------------------------------------------------------
+def ensure_loras(params: dict, root: str | Path = "outputs/mini") -> Path:
+    """Train (or reuse) every LoRA in the profile's `lora.adapters` on the base it names; returns the registry file.
+
+    An adapter's `text_encoder: student` trains behind the Korean pipeline (Korean captions, the Korean trigger);
+    `teacher` trains behind the English pipeline (English captions): the seed's English LoRA."""
+    from .common import cached_artifact
+    from .distill import ensure_students
+    from .generator import ensure_generator
+    from .pipeline import load_korean_pipeline
+
+    root = Path(root)
+    section = params.get("lora", {})
+    world = mw.WorldConfig.from_params(params.get("world"))
+    sd = ensure_generator(params, root)["sd"]
+    base_hash = json.loads((sd / "artifact.json").read_text())["config_hash"]
+    registry = LoraRegistry()
+    for adapter in section.get("adapters", []):
+        name = adapter["name"]
+        cfg = LoraTrainConfig.from_params({**section.get("defaults", {}), **adapter})
+        encoder = adapter.get("text_encoder", "student")
+        student = ensure_students(params, root)[section.get("student", "unet")] if encoder == "student" else None
+        student_hash = json.loads((student / "artifact.json").read_text())["config_hash"] if student else None
+        key = {"base": base_hash, "student": student_hash, "adapter": adapter, "defaults": section.get("defaults", {}),
+               "world": params.get("world")}
+
+        def build(d, adapter=adapter, cfg=cfg, student=student):
+            data = render_style_dataset(d / "data", world, adapter["style"], adapter.get("n_images", 2000), cfg.trigger,
+                                        language=adapter.get("caption_language", "ko"),
+                                        position=adapter.get("trigger_position", "end"), seed=cfg.seed)
+            if student is not None:
+                pipe = load_korean_pipeline(sd=sd, text_encoder=student, device="cpu")
+            else:
+                from .evaluate import load_pipeline
+                pipe = load_pipeline(sd, device="cpu")
+            train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""))
+
+        folder = cached_artifact(root / "loras" / name, key, build)
+        registry.add(name, folder / WEIGHT_NAME, trigger=cfg.trigger, description=adapter.get("description", ""),
+                     trigger_position=adapter.get("trigger_position", "end"), style=adapter.get("style"),
+                     text_encoder=encoder, kohya_file=str(folder / f"{name}.kohya.safetensors"))
+    return registry.save(root / "loras" / "registry.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements (notebook 04): style rate with and without the trigger, content kept, grids
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class StyleCase:
+    """One row of the LoRA table: which pipeline, which prompt language, which LoRAs at what weight, trigger or not."""
+    label: str
+    pipeline: str                      # a key of the `pipes` given to `style_table`
+    language: str = "ko"               # prompt files: ko_heldout / ko_seen or en_heldout / en_seen
+    loras: dict = field(default_factory=dict)
+    trigger: bool = False              # add the LoRAs' trigger words (or `trigger_text`) to every prompt
+    trigger_text: str | None = None    # another trigger than the LoRA's own (the English LoRA behind the student)
+
+
+def style_table(pipes: dict, classifier, prompt_files: dict, registry: LoraRegistry, cases: Sequence[StyleCase],
+                style: str = "ink", n_prompts: int = 200, **generate_kwargs):
+    """For each case and each prompt split (held-out, seen colour-shape pairs): the share of images the classifier
+    calls `style` (the style rate), and colour / shape accuracy; same seeds in every cell. Returns a DataFrame."""
+    import pandas as pd
+
+    from .evaluate import PromptRow, evaluate_rows, read_prompt_tsv, with_triggers
+
+    records = []
+    for case in cases:
+        pipe = pipes[case.pipeline]
+        apply_loras(pipe, case.loras, registry)
+        row = {"case": case.label}
+        for split in ("held-out", "seen"):
+            rows = read_prompt_tsv(prompt_files[f"{case.language}_{split.replace('-', '')}"])[:n_prompts]
+            if case.trigger and case.trigger_text:
+                rows = [PromptRow(add_trigger(r.prompt, case.trigger_text), r.attributes, r.line) for r in rows]
+            elif case.trigger:
+                rows = with_triggers(rows, [registry.get(n) for n in case.loras])
+            result, _, _ = evaluate_rows(pipe, rows, classifier, **generate_kwargs)
+            row.update({f"{split} style rate": result["style_share"][style], f"{split} color": result["accuracy"]["color"],
+                        f"{split} shape": result["accuracy"]["shape"]})
+        records.append(row)
+        apply_loras(pipe, {}, registry)
+    return pd.DataFrame(records).set_index("case")
+
+
+@torch.no_grad()
+def trigger_grid(pipe, registry: LoraRegistry, name: str, prompts: Sequence[str], weights: Sequence[float] = (0.0, 1.0),
+                 seed: int = 1147446245, **call_kwargs):
+    """An image grid: one row per (weight, trigger off/on), one column per prompt, one seed throughout."""
+    from .evaluate import image_grid
+
+    entry = registry.get(name)
+    images, labels = [], []
+    for weight in weights:
+        apply_loras(pipe, {name: weight}, registry)
+        for trigger in (False, True):
+            texts = prompts_with_trigger(prompts, entry) if trigger else list(prompts)
+            out = pipe(texts, generator=[torch.Generator().manual_seed(seed) for _ in texts], output_type="pil",
+                       **call_kwargs).images
+            images += out
+            labels += [f"{name}:{weight:g} · {t}" for t in texts]
+    apply_loras(pipe, {}, registry)
+    return image_grid(images, labels, cols=len(prompts))
+
+
+@torch.no_grad()
+def compare_file_layouts(pipe, registry: LoraRegistry, name: str, prompt: str, seed: int = 1147446245, **call_kwargs) -> dict:
+    """Draw `prompt` with the LoRA loaded from its diffusers file and from its kohya file: how far each is from the
+    base image, and from each other (0 when the kohya export converts back exactly)."""
+    from safetensors import safe_open
+
+    entry = registry.get(name)
+    folder = Path(entry["path"]).parent
+    kohya = Path(entry.get("kohya_file") or folder / f"{name}.kohya.safetensors")
+
+    def draw():
+        return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **call_kwargs).images[0]
+
+    unload_loras(pipe)
+    base = draw()
+    drawn = {}
+    for layout, path in (("diffusers", folder / WEIGHT_NAME), ("kohya", kohya)):
+        read_lora_file(path, pipe.unet)
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=f"probe_{layout}")
+        drawn[layout] = draw()
+        pipe.delete_adapters(f"probe_{layout}")
+    with safe_open(str(kohya), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    return {"diffusers vs base, mean |Δ|": float(np.abs(drawn["diffusers"] - base).mean()),
+            "kohya vs diffusers, max |Δ|": float(np.abs(drawn["kohya"] - drawn["diffusers"]).max()),
+            "kohya tensors": len(keys), "ss_network_dim": meta.get("ss_network_dim"),
+            "ss_network_alpha": meta.get("ss_network_alpha")}

@@ -1,0 +1,190 @@
+"""Korean style LoRAs on the tiny pipeline: dataset layout, training, both file layouts, mixing, registry, bad files."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from koclip_lib import lora
+from koclip_lib import miniworld as mw
+
+SEED = 1147446245
+PROMPT = "왼쪽에 빨간 별이 있다"
+
+
+@pytest.fixture(scope="module")
+def korean_pipe(tiny_parts, tiny_student):
+    from koclip_lib.pipeline import load_korean_pipeline
+
+    return load_korean_pipeline(sd=tiny_parts / "sd", text_encoder=tiny_student, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ink_data(tmp_path_factory):
+    return lora.render_style_dataset(tmp_path_factory.mktemp("ink_data"), mw.WorldConfig(), "ink", 24, "백묘법", seed=0)
+
+
+def tiny_config(**overrides):
+    cfg = dict(rank=4, alpha=8.0, preservation_weight=1.0, prior_steps=2, prior_guidance=3.0, trigger="백묘법",
+               loop={"steps": 6, "lr": 0.02, "batch_size": 8, "warmup_steps": 0, "checkpoint_every": 3})
+    cfg.update(overrides)
+    return lora.LoraTrainConfig(**cfg)
+
+
+@pytest.fixture(scope="module")
+def trained(korean_pipe, ink_data, tmp_path_factory):
+    """Two LoRAs trained on the tiny Korean pipeline: `ink` and `wash` (another seed), and their registry."""
+    root = tmp_path_factory.mktemp("loras")
+    registry = lora.LoraRegistry()
+    for name, seed in (("ink", 0), ("wash", 1)):
+        lora.train_lora(root / name, korean_pipe, ink_data, tiny_config(seed=seed), name=name, description=f"{name} test")
+        registry.add(name, root / name / lora.WEIGHT_NAME, trigger="백묘법", style="ink")
+    registry.save(root / "registry.json")
+    return root, registry
+
+
+def image(pipe, prompt=PROMPT):
+    out = pipe(prompt, num_inference_steps=3, guidance_scale=3.0, output_type="np",
+               generator=torch.Generator().manual_seed(SEED)).images[0]
+    return np.asarray(out, dtype=np.float64)
+
+
+def test_dataset_is_an_image_folder_with_the_trigger_in_every_caption(ink_data):
+    ds = lora.load_image_dataset(ink_data)
+    assert len(ds) == 24 and {"image", "text", "caption_ko", "caption_en"} <= set(ds.column_names)
+    assert all(t.endswith(", 백묘법") and t.startswith(ko) for t, ko in zip(ds["text"], ds["caption_ko"]))
+    assert "백묘법" not in "".join(ds["caption_ko"])  # the untriggered captions are what prior preservation reads
+    assert lora.add_trigger("빨간 별", "백묘법", "start") == "백묘법, 빨간 별"
+    with pytest.raises(ValueError, match="trigger position"):
+        lora.add_trigger("빨간 별", "백묘법", "middle")
+
+
+def test_trained_lora_is_written_in_both_layouts_and_leaves_the_pipeline_as_it_was(trained, korean_pipe):
+    root, _ = trained
+    card = json.loads((root / "ink" / "lora.json").read_text(encoding="utf-8"))
+    assert card["trigger"] == "백묘법" and card["rank"] == 4 and card["alpha"] == 8.0 and card["steps"] == 6
+    assert (root / "ink" / "ink.kohya.safetensors").exists()
+    assert lora.loaded_adapters(korean_pipe) == []  # training removed its adapter
+    assert not any(p.requires_grad for p in korean_pipe.unet.parameters())
+
+
+def test_lora_loads_in_a_fresh_process_with_plain_diffusers_and_changes_the_output(trained, tiny_parts):
+    root, _ = trained
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        "pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1]); pipe.set_progress_bar_config(disable=True)\n"
+        "def draw():\n"
+        "    return pipe('a red star', num_inference_steps=3, output_type='np', generator=torch.Generator().manual_seed(1)).images[0]\n"
+        "before = draw(); pipe.load_lora_weights(sys.argv[2]); after = draw()\n"
+        "print(float(np.abs(after - before).mean()), pipe.unet.peft_config['default_0'].lora_alpha)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tiny_parts / "sd"), str(root / "ink")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    diff, alpha = out.stdout.split()[-2:]
+    assert float(diff) > 1e-4 and float(alpha) == 8.0  # the trained alpha (not the rank) came back from the metadata
+
+
+def test_kohya_file_converts_back_with_diffusers_to_the_same_weights_and_images(trained, korean_pipe):
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    root, _ = trained
+    kohya = root / "ink" / "ink.kohya.safetensors"
+    with safe_open(str(kohya), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert all(k.startswith("lora_unet_") for k in keys) and meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "8.0"
+    back, alphas = StableDiffusionPipeline.lora_state_dict(str(kohya))  # diffusers' kohya -> diffusers conversion
+    ours, _ = StableDiffusionPipeline.lora_state_dict(str(root / "ink" / lora.WEIGHT_NAME))
+    assert len(back) == len(ours) and set(alphas.values()) == {8.0}
+    reference = image(korean_pipe)
+    drawn = []
+    for path in (root / "ink", kohya):
+        korean_pipe.load_lora_weights(str(path), adapter_name="probe")
+        drawn.append(image(korean_pipe))
+        korean_pipe.delete_adapters("probe")
+    assert np.allclose(drawn[0], drawn[1], atol=1e-5)
+    assert np.abs(drawn[0] - reference).mean() > 1e-4
+    assert np.allclose(image(korean_pipe), reference)  # deleting the adapter restored the base UNet
+
+
+def test_mixing_weights_change_the_image_monotonically_and_unload_restores_it(trained, korean_pipe):
+    _, registry = trained
+    base = image(korean_pipe)
+    distances = []
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        lora.apply_loras(korean_pipe, {"ink": 1.0, "wash": w}, registry)
+        distances.append(image(korean_pipe))
+    ink_alone = distances[0]
+    steps = [np.abs(d - ink_alone).mean() for d in distances]
+    assert all(b > a for a, b in zip(steps, steps[1:])), steps
+    lora.apply_loras(korean_pipe, {}, registry)  # off, still loaded: no reload next time
+    assert lora.loaded_adapters(korean_pipe) == ["ink", "wash"]
+    assert np.allclose(image(korean_pipe), base, atol=1e-6)
+    lora.unload_loras(korean_pipe)
+    assert lora.loaded_adapters(korean_pipe) == [] and np.allclose(image(korean_pipe), base, atol=1e-6)
+
+
+def test_unknown_names_are_refused_listing_the_known_ones(trained, korean_pipe):
+    _, registry = trained
+    with pytest.raises(lora.UnknownLoraError, match=r"unknown LoRA 'hanbok'; known: ink, wash"):
+        lora.apply_loras(korean_pipe, {"ink": 1.0, "hanbok": 0.5}, registry)
+    assert lora.loaded_adapters(korean_pipe) == []  # checked before anything was loaded
+    with pytest.raises(lora.LoraError, match="must match"):
+        registry.add("../etc/passwd", "x")
+
+
+def test_a_corrupt_file_is_refused_without_touching_the_pipeline(trained, korean_pipe, tmp_path):
+    root, registry = trained
+    good = (root / "ink" / lora.WEIGHT_NAME).read_bytes()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(good[: len(good) // 2])
+    registry.add("broken", broken)
+    lora.apply_loras(korean_pipe, {"ink": 1.0}, registry)
+    before = image(korean_pipe)
+    with pytest.raises(lora.LoraFileError, match="not a readable safetensors"):
+        lora.apply_loras(korean_pipe, {"broken": 1.0}, registry)
+    assert lora.loaded_adapters(korean_pipe) == ["ink"] and np.allclose(image(korean_pipe), before)
+    lora.unload_loras(korean_pipe)
+
+
+def test_files_for_another_unet_are_refused_with_the_reason(trained, korean_pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    root, _ = trained
+    state = load_file(str(root / "ink" / lora.WEIGHT_NAME))
+    renamed = {k.replace("down_blocks.0", "down_blocks.7"): v for k, v in state.items()}
+    save_file(renamed, str(tmp_path / "other_arch.safetensors"))
+    with pytest.raises(lora.LoraFileError, match="target modules are not in this UNet"):
+        lora.read_lora_file(tmp_path / "other_arch.safetensors", korean_pipe.unet)
+    wider = {k: (torch.zeros(v.shape[0], v.shape[1] * 2) if "lora.down" in k or "lora_A" in k else v) for k, v in state.items()}
+    save_file(wider, str(tmp_path / "wider.safetensors"))
+    with pytest.raises(lora.LoraFileError, match="other widths than this UNet"):
+        lora.read_lora_file(tmp_path / "wider.safetensors", korean_pipe.unet)
+    assert lora.read_lora_file(root / "ink", korean_pipe.unet)["rank"] == 4
+
+
+def test_registry_file_round_trip_keeps_paths_relative_and_hides_them_from_clients(trained):
+    root, _ = trained
+    data = json.loads((root / "registry.json").read_text(encoding="utf-8"))
+    assert data["ink"]["path"] == f"ink/{lora.WEIGHT_NAME}"
+    again = lora.LoraRegistry.from_file(root / "registry.json")
+    assert again.get("ink")["path"] == str((root / "ink" / lora.WEIGHT_NAME).resolve())
+    assert again.public()["ink"] == {"trigger": "백묘법", "description": "", "style": "ink"}
+    assert lora.parse_lora_spec(["ink:0.5", "wash"]) == {"ink": 0.5, "wash": 1.0}
+    with pytest.raises(lora.LoraError, match="must be a number"):
+        lora.parse_lora_spec("ink:strong")
+
+
+def test_interrupted_training_resumes_to_the_same_lora(korean_pipe, ink_data, tmp_path):
+    from safetensors.torch import load_file
+
+    lora.train_lora(tmp_path / "whole", korean_pipe, ink_data, tiny_config(preservation_weight=0.0), name="whole")
+    log = lora.train_lora(tmp_path / "cut", korean_pipe, ink_data, tiny_config(preservation_weight=0.0), name="cut", stop_after=3)
+    assert log["steps"] == 3 and not (tmp_path / "cut" / lora.WEIGHT_NAME).exists()
+    assert lora.loaded_adapters(korean_pipe) == []
+    lora.train_lora(tmp_path / "cut", korean_pipe, ink_data, tiny_config(preservation_weight=0.0), name="cut")
+    whole, cut = (load_file(str(tmp_path / d / lora.WEIGHT_NAME)) for d in ("whole", "cut"))
+    assert whole.keys() == cut.keys() and all(torch.allclose(whole[k], cut[k]) for k in whole)
