@@ -252,7 +252,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         plain_captions = list(dataset[cfg.plain_column])
         plain = _text_states(pipe, plain_captions)
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
-    empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
+    with torch.no_grad():
+        empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
     n_val = max(1, int(len(latents) * cfg.val_fraction))
     train_idx, val_idx = torch.arange(n_val, len(latents)), torch.arange(n_val)
     scheduler = _noise_scheduler(pipe)

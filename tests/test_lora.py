@@ -188,3 +188,21 @@ def test_interrupted_training_resumes_to_the_same_lora(korean_pipe, ink_data, tm
     lora.train_lora(tmp_path / "cut", korean_pipe, ink_data, tiny_config(preservation_weight=0.0), name="cut")
     whole, cut = (load_file(str(tmp_path / d / lora.WEIGHT_NAME)) for d in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.allclose(whole[k], cut[k]) for k in whole)
+
+
+def test_english_lora_trains_behind_the_clip_teacher_and_applies_behind_the_student(tiny_parts, korean_pipe, tmp_path):
+    """The seed's English LoRA: English captions, the English pipeline's own (trainable-by-default) CLIP encoder kept
+    frozen; the UNet file then loads behind the Korean student, whose UNet is the same checkpoint's."""
+    from diffusers import StableDiffusionPipeline
+
+    english = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
+    english.set_progress_bar_config(disable=True)
+    data = lora.render_style_dataset(tmp_path / "data", mw.WorldConfig(), "ink", 16, "ink wash painting", language="en")
+    lora.train_lora(tmp_path / "ink-en", english, data, tiny_config(trigger="ink wash painting", plain_column="caption_en"),
+                    name="ink-en")
+    assert not any(p.grad is not None for p in english.text_encoder.parameters())
+    registry = lora.LoraRegistry({"ink-en": {"path": str(tmp_path / "ink-en" / lora.WEIGHT_NAME), "trigger": "ink wash painting"}})
+    base = image(korean_pipe)
+    lora.apply_loras(korean_pipe, {"ink-en": 1.0}, registry)
+    assert np.abs(image(korean_pipe) - base).mean() > 1e-4
+    lora.unload_loras(korean_pipe)
