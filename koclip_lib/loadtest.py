@@ -9,21 +9,34 @@ waits the Retry-After (capped by --retry-cap-s) before its next request, as a po
 errors while polling (e.g. the server restarting) are retried until --max-seconds.
 
 Prints a table, then one JSON line: latency percentiles of succeeded jobs (submit -> terminal state seen by
-polling), throughput, 429/503 counts, failures, expirations and `lost` (accepted, yet never seen in a terminal
-state, or reported unknown by the server: must be 0).
+polling), throughput, 429/503 counts and how fast they were answered, failures, expirations and `lost` (accepted,
+yet never seen in a terminal state, or reported unknown by the server: must be 0).
+
+`service_check(pipeline, ...)` runs the issue's two service checks from code: it starts the real server
+(`python -m koclip_lib.serve`) on a fresh SQLite file and a free port, runs this load test against it and, with
+`kill_after_s`, kills the server with SIGKILL that many seconds in and restarts it on the same --db and port while
+the load test rides it out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import math
 import os
+import re
+import socket
+import sqlite3
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -47,6 +60,7 @@ class Tally:
     image_errors: int = 0
     latencies: list = field(default_factory=list)  # succeeded jobs, seconds
     retry_after: list = field(default_factory=list)
+    reject_latencies: list = field(default_factory=list)  # seconds from submit to the 429/503 answer
     poll_errors: int = 0
 
 
@@ -136,6 +150,7 @@ async def client_loop(client: httpx.AsyncClient, counter, args, until: float, ta
             tally.accepted += 1
             await follow(client, r.json()["job_id"], submitted, until, tally, args.poll_s)
         elif r.status_code in (429, 503):
+            tally.reject_latencies.append(time.monotonic() - submitted)
             if r.status_code == 429:
                 tally.rejected_429 += 1
             else:
@@ -162,7 +177,7 @@ async def run(args) -> dict:
         await asyncio.gather(*(client_loop(client, counter, args, until, tally) for _ in range(args.concurrency)))
         wall = time.monotonic() - t0
     finished = sum(tally.states.values())
-    lat = tally.latencies
+    lat, rej = tally.latencies, tally.reject_latencies
     return {
         "requests": args.requests, "submitted": tally.submitted, "accepted": tally.accepted,
         "rejected_429": tally.rejected_429, "rejected_503": tally.rejected_503, "invalid": tally.invalid,
@@ -172,6 +187,8 @@ async def run(args) -> dict:
         "latency_max_s": round(max(lat), 3) if lat else None,
         "throughput_images_per_s": round(tally.states["succeeded"] / wall, 3) if wall else None,
         "retry_after_s": {"min": min(tally.retry_after, default=None), "max": max(tally.retry_after, default=None)},
+        "rejected_answer_s": {"p50": round(percentile(rej, 50), 4) if rej else None,
+                              "max": round(max(rej), 4) if rej else None},
         "wall_s": round(wall, 2), "concurrency": args.concurrency, "steps": args.steps,
         "size": [args.width, args.height], "deadline_s": args.deadline_s,
     }
@@ -187,13 +204,14 @@ def print_table(result: dict) -> None:
             ("latency p50 / p95 / p99 s", " / ".join(str(result["latency_s"][k]) for k in ("p50", "p95", "p99"))),
             ("throughput images/s", result["throughput_images_per_s"]),
             ("Retry-After min..max s", f"{result['retry_after_s']['min']}..{result['retry_after_s']['max']}"),
+            ("429/503 answered in p50 / max s", f"{result['rejected_answer_s']['p50']} / {result['rejected_answer_s']['max']}"),
             ("wall s", result["wall_s"])]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m koclip_lib.loadtest", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -210,10 +228,134 @@ def main(argv: list[str] | None = None) -> dict:
     check_loopback(args.url)
     if not (1 <= args.concurrency <= 256 and 1 <= args.requests <= 10000):
         ap.error("--concurrency must be 1..256 and --requests 1..10000")
-    result = asyncio.run(run(args))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    result = asyncio.run(run(parse_args(argv)))
     print_table(result)
     print(json.dumps(result, ensure_ascii=False))
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The issue's service checks, re-runnable from code: a real server process, the load test, a kill -9 and a restart
+# ---------------------------------------------------------------------------------------------------------------
+class ServerProcess:
+    """`python -m koclip_lib.serve` as a subprocess (one torch thread), its log in a file; restartable on one port."""
+
+    def __init__(self, pipeline, db: Path, port: int, log_dir: Path, server_args: list[str] = ()):
+        self.command = [sys.executable, "-m", "koclip_lib.serve", "--pipeline", str(Path(pipeline).resolve()),
+                        "--db", str(db), "--port", str(port), *server_args]
+        self.url, self.log_dir = f"http://127.0.0.1:{port}", log_dir
+        self.proc: subprocess.Popen | None = None
+        self.logs: list[Path] = []
+
+    def start(self, timeout_s: float) -> float:
+        """Start the server and wait for /readyz; returns the seconds it took."""
+        log = self.log_dir / f"server-{len(self.logs) + 1}.log"
+        self.logs.append(log)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if (self.readyz() or {}).get("ready"):
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def readyz(self) -> dict | None:
+        try:
+            return httpx.get(self.url + "/readyz", timeout=2, trust_env=False).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, the worker dies mid-batch."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.logs[-1].read_text(encoding="utf-8", errors="replace")[-chars:] if self.logs else ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_check(pipeline, requests: int = 200, concurrency: int = 32, steps: int = 4, deadline_s: float = 120.0,
+                  kill_after_s: float | None = None, server_args: list[str] = (), loadtest_args: list[str] = (),
+                  startup_timeout_s: float = 180.0) -> dict:
+    """Start the service on `pipeline` (fresh SQLite job store, free port), load-test it and return the load test's
+    result (`lost` must be 0) with a `server` entry, and a `restart` entry when `kill_after_s` is set: the server is
+    killed with SIGKILL that many seconds into the load test (its /readyz queue and running counts read just before),
+    restarted on the same --db and port, and the load test finishes against the new process; `resumed` is what the
+    restarted server's log says it resumed ("resumed N accepted job(s)"). `db_states` counts the job store's rows by
+    state after the run (`rerun` = jobs whose generation started more than once). The server is always stopped."""
+    with tempfile.TemporaryDirectory(prefix="koclip-service-check-") as tmp:
+        tmp = Path(tmp)
+        server = ServerProcess(pipeline, tmp / "jobs.sqlite3", free_port(), tmp, list(server_args))
+        args = parse_args(["--url", server.url, "--requests", str(requests), "--concurrency", str(concurrency),
+                           "--steps", str(steps), "--deadline-s", str(deadline_s), *loadtest_args])
+        try:
+            ready_s = server.start(startup_timeout_s)
+            pids = [server.proc.pid]
+            outcome: dict = {}
+            finished = threading.Event()
+
+            def load_test():  # in a thread: asyncio.run needs a thread without a running loop (a notebook has one)
+                try:
+                    outcome["result"] = asyncio.run(run(args))
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+                    outcome["error"] = exc
+                finally:
+                    finished.set()
+
+            thread = threading.Thread(target=load_test, name="loadtest", daemon=True)
+            started = time.monotonic()
+            thread.start()
+            restart = None
+            if kill_after_s is not None:
+                restart = {"killed_after_s": None}  # stays None when the load test ends before the kill is due
+                if not finished.wait(kill_after_s):
+                    before = server.readyz() or {}
+                    server.kill()
+                    restart["killed_after_s"] = round(time.monotonic() - started, 2)
+                    restart.update(queued_at_kill=before.get("queue"), running_at_kill=before.get("running"))
+                    restart["restart_ready_s"] = round(server.start(startup_timeout_s), 2)  # same --db, same port
+                    pids.append(server.proc.pid)
+            thread.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            result = outcome["result"]
+            if restart is not None:
+                if restart["killed_after_s"] is not None:
+                    log = server.logs[-1].read_text(encoding="utf-8", errors="replace")
+                    found = re.search(r"resumed (\d+) accepted job", log)
+                    restart["resumed"] = int(found.group(1)) if found else 0
+                result["restart"] = restart
+        finally:
+            server.stop()
+        with contextlib.closing(sqlite3.connect(tmp / "jobs.sqlite3")) as db:
+            states = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            states["rerun"] = db.execute("SELECT COUNT(*) FROM jobs WHERE attempts > 1").fetchone()[0]
+        result["db_states"] = states
+        result["server"] = {"pids": pids, "ready_s": round(ready_s, 2), "command": " ".join(["python", *server.command[1:]])}
+        return result
 
 
 if __name__ == "__main__":

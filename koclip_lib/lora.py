@@ -532,8 +532,8 @@ def prompts_with_trigger(prompts: Sequence[str], entry: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point: each LoRA of the profile trained once, cached by config; a registry of all of them
 # ---------------------------------------------------------------------------------------------------------------
-def ensure_loras(params: dict, root: str | Path = "outputs/mini") -> Path:
-    """Train (or reuse) every LoRA in the profile's `lora.adapters` on the base it names; returns the registry file.
+def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequence[str] | None = None) -> Path:
+    """Train (or reuse) every LoRA in the profile's `lora.adapters` (or those in `names`); returns the registry file.
 
     An adapter's `text_encoder: student` trains behind the Korean pipeline (Korean captions, the Korean trigger);
     `teacher` trains behind the English pipeline (English captions): the seed's English LoRA."""
@@ -550,6 +550,8 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini") -> Path:
     registry = LoraRegistry()
     for adapter in section.get("adapters", []):
         name = adapter["name"]
+        if names is not None and name not in names:
+            continue
         cfg = LoraTrainConfig.from_params({**section.get("defaults", {}), **adapter})
         encoder = adapter.get("text_encoder", "student")
         student = ensure_students(params, root)[section.get("student", "unet")] if encoder == "student" else None
@@ -572,6 +574,8 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini") -> Path:
         registry.add(name, folder / WEIGHT_NAME, trigger=cfg.trigger, description=adapter.get("description", ""),
                      trigger_position=adapter.get("trigger_position", "end"), style=adapter.get("style"),
                      text_encoder=encoder, kohya_file=str(folder / f"{name}.kohya.safetensors"))
+    if names is not None:  # a partial build (a build lane) leaves the registry to the full one
+        return root / "loras" / "registry.json"
     return registry.save(root / "loras" / "registry.json")
 
 

@@ -65,12 +65,13 @@ def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "p
 
 
 # What the notebooks train, as two lanes that run side by side (`--build --jobs 2`), one process and one thread each.
-# The second lane trains the two students that need only the teacher while the first trains the VAE and the UNet;
+# The second lane trains the two students that need only the teacher while the first trains the VAE and the UNet,
+# then the English LoRA while the first trains the unet student;
 # a lane that reaches an artifact the other is building waits for it (`common.cached_artifact` locks). Every step
 # is an `ensure_*` call the notebooks make too, so they then find the models cached.
 BUILD_LANES = (
     ("generator", "translator", "from_scratch", "sweep_versions", "students", "loras"),
-    ("teacher_students",),
+    ("teacher_students", "teacher_loras"),
 )
 
 
@@ -87,6 +88,8 @@ def build_step(step: str, params: dict, root: Path) -> None:
             params, root, [o for o in params.get("distill", {}).get("objectives", []) if o != "unet"]),
         "students": lambda: distill.ensure_students(params, root),
         "loras": lambda: lora.ensure_loras(params, root),
+        "teacher_loras": lambda: lora.ensure_loras(  # the LoRAs trained behind the English teacher need no student
+            params, root, [a["name"] for a in params.get("lora", {}).get("adapters", []) if a.get("text_encoder") == "teacher"]),
     }
     started = time.time()
     steps[step]()

@@ -40,8 +40,12 @@ def test_kernels_train_on_one_thread_so_runs_reproduce(tmp_path):
 
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(source, run_dir):
+def test_notebook_executes(source, run_dir, mini_params):
     overrides = {"metrics_dir": str(run_dir / "metrics"), "figures_dir": str(run_dir / "figures")}
+    if source.stem == "05_optimize":  # the quick benchmark (4 prompts, no torch.compile on CPU: ~30 s, not ~5 min)
+        optimize = mini_params["optimize"]
+        overrides["bench_dir"] = str(run_dir / "bench")
+        overrides["optimize"] = {**optimize, "bench": {**optimize["bench"], "quick": True, "prompts": 4}}
     out = run_notebook(source, "params/mini.yaml", run_dir, extra={"overrides": overrides})
     nb = json.loads(out.read_text(encoding="utf-8"))
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -158,3 +162,51 @@ def test_realtext_targets(run_dir):
     best = max(students.values(), key=lambda row: row["R@1"])
     assert best["R@1"] >= 1.5 * raw["R@1"] and best["R@5"] >= 2 * raw["R@5"], (best, raw)
     assert best["cos_to_teacher_en"] >= 2.5 * raw["cos_to_teacher_en"], (best, raw)
+
+
+def test_optimize_targets(run_dir):
+    """Notebook 05 (issue 7), read from its metrics. The service: 200 requests at concurrency 32 against the mini
+    Korean pipeline lose no accepted job, with and without a kill -9 and a restart on the same job store (which really
+    happened and resumed jobs); the default queue of 16 is over capacity at 32 clients, so some requests get 429, and
+    every request was either accepted or answered 429/503 at once; p99 of accepted jobs is below the deadline. The
+    benchmark: the optimised settings are faster than the baseline timed with them, with attribute accuracy held.
+    The test runs the benchmark in --quick mode (4 prompts, no torch.compile) under other load, so the speed bounds
+    are conservative: the committed full run reaches 8.1x at batch 1 and 18.2x at batch 8 (outputs/bench/mini-cpu.md),
+    a quick run about 5x and 12x, mostly from 8 DPM-Solver++ steps instead of 50 PNDM steps."""
+    m = _metrics(run_dir, "05_optimize")
+    plain, killed = m["loadtest"], m["kill_restart"]
+    for r in (plain, killed):
+        assert r["lost"] == 0 and r["invalid"] == 0 and r["failed"] == 0, r
+        assert r["succeeded"] == r["accepted"] == r["db_states"]["succeeded"] > 0, r
+        assert r["latency_s"]["p99"] < r["deadline_s"], r
+    assert plain["rejected_429"] > 0 and plain["submit_errors"] == 0, plain
+    assert plain["accepted"] + plain["rejected_429"] + plain["rejected_503"] == plain["requests"] == 200, plain
+    assert plain["rejected_answer_s"]["max"] < 2.0, plain  # at once: no accept-then-time-out
+    restart = killed["restart"]
+    assert restart["killed_after_s"] is not None and killed["server"]["processes"] == 2, restart
+    assert restart["resumed"] >= 1, restart
+    b = m["bench"]
+    optimised = b["optimised"]
+    assert optimised and all(s["speedup_p50"] > 1 for s in optimised.values()), optimised
+    assert max(s["images_per_s_ratio"] for s in optimised.values()) >= 3, optimised  # the issue's CPU target
+    for name, s in optimised.items():
+        assert s["quality_held"] and s["quality"]["accuracy_delta_vs_baseline"] >= -b["quality_tolerance"], (name, s)
+    assert b["text_conditioning"]["ratio_generate_to_student"] > 1, b["text_conditioning"]
+
+
+def test_lora_targets(run_dir):
+    """Notebook 04 (issue 6), read from its metrics: with the ink LoRA loaded, the trigger 백묘법 switches the ink-wash
+    style on (>= 80% of images) and without it the style stays off (<= 20%), on held-out and on seen colour-shape
+    pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA. The English LoRA (teacher
+    captions) is measured behind the student too, not asserted against: it is the seed's observation, reported.
+    The main job reaches 94%/92% with the trigger, 13%/3% without (held-out/seen, 100-prompt trial: README)."""
+    m = _metrics(run_dir, "04_lora")
+    t = m["table"]
+    base, off, on = t["Korean pipeline, no LoRA"], t["+ ink, no trigger"], t["+ ink, trigger 백묘법"]
+    for split in ("held-out", "seen"):
+        assert on[f"{split} style rate"] >= 0.8 and off[f"{split} style rate"] <= 0.2, (split, on, off)
+        assert off[f"{split} color"] >= base[f"{split} color"] - 0.10, (split, off, base)
+        assert base[f"{split} style rate"] <= 0.05, base
+    assert any(k.startswith("Korean pipeline + ink-en") for k in t)
+    files = m["files"]
+    assert files["kohya vs diffusers, max |Δ|"] < 1e-4 and files["diffusers vs base, mean |Δ|"] > 1e-3, files

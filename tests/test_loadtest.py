@@ -1,0 +1,48 @@
+"""loadtest.service_check: the issue's two service checks as code, against the real server process (python -m
+koclip_lib.serve) on the tiny pipeline: a plain load test with a small queue, and a kill -9 mid-run with a restart on
+the same job store that completes every accepted job. About 20 s, most of it starting server processes."""
+import os
+
+import pytest
+
+from koclip_lib.loadtest import service_check
+
+FAST_CLIENTS = ["--retry-cap-s", "0.2", "--poll-s", "0.05", "--error-backoff-s", "0.5", "--max-seconds", "90"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_over_capacity_requests_get_429_and_no_accepted_job_is_lost(tiny_parts):
+    r = service_check(tiny_parts / "sd", requests=30, concurrency=8, steps=20, server_args=["--max-queue", "2"],
+                      loadtest_args=FAST_CLIENTS)
+    assert r["lost"] == 0 and r["invalid"] == 0 and r["image_errors"] == 0, r
+    assert r["accepted"] + r["rejected_429"] + r["rejected_503"] == 30
+    assert r["rejected_429"] > 0 and r["retry_after_s"]["min"] >= 1, r  # a queue of 2 for 8 clients: 429 + Retry-After
+    assert r["succeeded"] == r["accepted"] == r["db_states"]["succeeded"] > 0, r
+    assert "restart" not in r and len(r["server"]["pids"]) == 1
+    assert _gone(r["server"]["pids"][0])  # stopped at the end
+
+
+def test_kill_9_mid_run_then_restart_on_the_same_db_completes_every_accepted_job(tiny_parts):
+    # one image per batch, 20 steps: while 8 clients wait, a queue builds up for the kill to interrupt
+    r = service_check(tiny_parts / "sd", requests=30, concurrency=8, steps=20, kill_after_s=1.0,
+                      server_args=["--max-batch", "1"], loadtest_args=FAST_CLIENTS)
+    restart = r["restart"]
+    assert restart["killed_after_s"] is not None, restart  # the kill happened while the load test ran
+    pids = r["server"]["pids"]
+    assert len(pids) == 2 and pids[0] != pids[1] and all(_gone(p) for p in pids)
+    assert restart["resumed"] >= 1, restart  # the restarted server picked up what the killed one had accepted
+    assert r["lost"] == 0 and r["invalid"] == 0, r
+    assert r["succeeded"] == r["accepted"] > 0, r
+    assert r["db_states"]["succeeded"] == r["accepted"] and set(r["db_states"]) <= {"succeeded", "rerun"}, r
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="exited"):
+        service_check(tmp_path / "no-such-pipeline", requests=1, concurrency=1, startup_timeout_s=60)
