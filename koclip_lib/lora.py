@@ -302,8 +302,9 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
 
     def validate():
         value = float(losses(val_idx, step_generator(cfg.seed + 1, 0))["loss"])  # the same noise every time
-        if cfg.validation_prompts:
-            _validation_grid(pipe, cfg, out_dir / "validation" / f"step-{len(list((out_dir / 'validation').glob('*.png'))):03d}.png")
+        if cfg.validation_prompts:  # validations run every `validate_every` steps and at the last; earlier ones' files stay
+            step = min((len(list((out_dir / "validation").glob("step-*.png"))) + 1) * loop.validate_every, loop.steps)
+            _validation_grid(pipe, cfg, out_dir / "validation" / f"step-{step}.png")
         return value
 
     log = train_loop([unet], loss_fn, loop, out_dir / "train", desc=f"LoRA {name}", params=lora_params,
@@ -448,11 +449,11 @@ class LoraRegistry:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        here = path.parent.resolve()
         rel = {}
         for name, e in self.entries.items():
-            p = Path(e["path"])
-            rel[name] = {**e, "path": str(p.relative_to(path.parent.resolve())) if p.is_absolute() and
-                         p.is_relative_to(path.parent.resolve()) else str(p)}
+            p = Path(e["path"]).resolve()  # the file holds paths relative to itself when they are below it
+            rel[name] = {**e, "path": str(p.relative_to(here)) if p.is_relative_to(here) else str(p)}
         return write_json(path, rel)
 
     def get(self, name: str) -> dict:
@@ -560,9 +561,15 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequenc
                "world": params.get("world")}
 
         def build(d, adapter=adapter, cfg=cfg, student=student):
-            data = render_style_dataset(d / "data", world, adapter["style"], adapter.get("n_images", 2000), cfg.trigger,
-                                        language=adapter.get("caption_language", "ko"),
-                                        position=adapter.get("trigger_position", "end"), seed=cfg.seed)
+            position = adapter.get("trigger_position", "end")
+            if "image_dir" in adapter:  # real images (full): BLIP captions, translated to Korean
+                data = caption_image_folder(adapter["image_dir"], d / "data", cfg.trigger,
+                                            hf_captioner(section.get("captioner", "Salesforce/blip-image-captioning-base")),
+                                            hf_translator(section.get("caption_translator", "Helsinki-NLP/opus-mt-tc-big-en-ko")),
+                                            position=position, resolution=cfg.resolution)
+            else:  # the mini world: the renderer draws `style` and captions what it drew
+                data = render_style_dataset(d / "data", world, adapter["style"], adapter.get("n_images", 2000), cfg.trigger,
+                                            language=adapter.get("caption_language", "ko"), position=position, seed=cfg.seed)
             if student is not None:
                 pipe = load_korean_pipeline(sd=sd, text_encoder=student, device="cpu")
             else:
@@ -573,7 +580,7 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequenc
         folder = cached_artifact(root / "loras" / name, key, build)
         registry.add(name, folder / WEIGHT_NAME, trigger=cfg.trigger, description=adapter.get("description", ""),
                      trigger_position=adapter.get("trigger_position", "end"), style=adapter.get("style"),
-                     text_encoder=encoder, kohya_file=str(folder / f"{name}.kohya.safetensors"))
+                     text_encoder=encoder)
     if names is not None:  # a partial build (a build lane) leaves the registry to the full one
         return root / "loras" / "registry.json"
     return registry.save(root / "loras" / "registry.json")
@@ -646,9 +653,8 @@ def compare_file_layouts(pipe, registry: LoraRegistry, name: str, prompt: str, s
     base image, and from each other (0 when the kohya export converts back exactly)."""
     from safetensors import safe_open
 
-    entry = registry.get(name)
-    folder = Path(entry["path"]).parent
-    kohya = Path(entry.get("kohya_file") or folder / f"{name}.kohya.safetensors")
+    folder = Path(registry.get(name)["path"]).parent
+    kohya = folder / json.loads((folder / "lora.json").read_text(encoding="utf-8"))["kohya_file"]
 
     def draw():
         return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **call_kwargs).images[0]

@@ -66,13 +66,28 @@ def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "p
 
 # What the notebooks train, as two lanes that run side by side (`--build --jobs 2`), one process and one thread each.
 # The second lane trains the two students that need only the teacher while the first trains the VAE and the UNet,
-# then the English LoRA while the first trains the unet student;
+# then the English LoRA and notebook 02b's real-text students while the first trains the unet student and the LoRA;
 # a lane that reaches an artifact the other is building waits for it (`common.cached_artifact` locks). Every step
 # is an `ensure_*` call the notebooks make too, so they then find the models cached.
 BUILD_LANES = (
     ("generator", "translator", "from_scratch", "sweep_versions", "students", "loras"),
-    ("teacher_students", "teacher_loras"),
+    ("teacher_students", "teacher_loras", "realtext"),
 )
+
+
+def build_realtext(profile: dict) -> None:
+    """Notebook 02b's models (its own profile, `realtext:`), when its data is there; the notebook says what is missing."""
+    from . import realtext
+    from .common import load_params
+
+    params = load_params(profile["realtext"])
+    data = realtext.locate_data(params)
+    if not data.complete:
+        return
+    root = Path(params["root"])
+    corpus_dir = realtext.ensure_corpus(params, data, root)
+    teacher, teacher_tok = realtext.load_cached_teacher(params, realtext.teacher_texts(corpus_dir, data), root)
+    realtext.ensure_students(params, corpus_dir, realtext.ensure_backbone(params, corpus_dir, root), teacher, teacher_tok, root)
 
 
 def build_step(step: str, params: dict, root: Path) -> None:
@@ -90,6 +105,7 @@ def build_step(step: str, params: dict, root: Path) -> None:
         "loras": lambda: lora.ensure_loras(params, root),
         "teacher_loras": lambda: lora.ensure_loras(  # the LoRAs trained behind the English teacher need no student
             params, root, [a["name"] for a in params.get("lora", {}).get("adapters", []) if a.get("text_encoder") == "teacher"]),
+        "realtext": lambda: build_realtext(params) if params.get("realtext") else None,
     }
     started = time.time()
     steps[step]()

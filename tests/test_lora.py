@@ -166,8 +166,12 @@ def test_files_for_another_unet_are_refused_with_the_reason(trained, korean_pipe
     assert lora.read_lora_file(root / "ink", korean_pipe.unet)["rank"] == 4
 
 
-def test_registry_file_round_trip_keeps_paths_relative_and_hides_them_from_clients(trained):
+def test_registry_file_round_trip_keeps_paths_relative_and_hides_them_from_clients(trained, monkeypatch):
     root, _ = trained
+    monkeypatch.chdir(root.parent)  # paths relative to the working directory, as the main job's root is
+    cwd_relative = lora.LoraRegistry({"ink": {"path": f"{root.name}/ink/{lora.WEIGHT_NAME}", "trigger": "백묘법"}})
+    cwd_relative.save(root / "cwd.json")
+    assert lora.LoraRegistry.from_file(root / "cwd.json").get("ink")["path"] == str((root / "ink" / lora.WEIGHT_NAME).resolve())
     data = json.loads((root / "registry.json").read_text(encoding="utf-8"))
     assert data["ink"]["path"] == f"ink/{lora.WEIGHT_NAME}"
     again = lora.LoraRegistry.from_file(root / "registry.json")
@@ -206,3 +210,11 @@ def test_english_lora_trains_behind_the_clip_teacher_and_applies_behind_the_stud
     lora.apply_loras(korean_pipe, {"ink-en": 1.0}, registry)
     assert np.abs(image(korean_pipe) - base).mean() > 1e-4
     lora.unload_loras(korean_pipe)
+
+
+def test_validation_images_are_drawn_every_n_steps(korean_pipe, ink_data, tmp_path):
+    cfg = tiny_config(preservation_weight=0.0, validation_prompts=[PROMPT, lora.add_trigger(PROMPT, "백묘법")],
+                      loop={"steps": 4, "lr": 0.02, "batch_size": 8, "warmup_steps": 0, "validate_every": 2})
+    log = lora.train_lora(tmp_path / "v", korean_pipe, ink_data, cfg, name="v")
+    assert sorted(p.name for p in (tmp_path / "v" / "validation").glob("*.png")) == ["step-2.png", "step-4.png"]
+    assert [h["step"] for h in log["history"] if "val_loss" in h] == [2, 4]
