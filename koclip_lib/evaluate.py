@@ -179,6 +179,38 @@ def vae_round_trip_accuracy(vae, classifier: AttributeClassifier, world, style: 
             for name in ("color", "shape", "style")}
 
 
+def vae_round_trip_probe(vae, world, style: str = "ink", n_train: int = 4000, n_test: int = 1000, epochs: int = 6,
+                         seed: int = 11) -> float:
+    """Whether colour survives `vae` or only leaves the judge's training domain: a fresh colour classifier (the judge's
+    architecture) trained on VAE round-trips of `style` renders, its accuracy on other round-trips."""
+    import torch.nn.functional as F
+
+    from .miniworld import COLORS, AttributeClassifier, render_batch, sample_scenes
+
+    def round_trips(n, s):
+        scenes = sample_scenes(n, s, world, split="all", styles=[style])
+        images = render_batch(scenes, s, world.image_size).to(vae.device)
+        with torch.no_grad():
+            out = torch.cat([vae.decode(vae.encode(images[i:i + 500]).latent_dist.mean).sample for i in range(0, n, 500)])
+        return out.cpu(), torch.tensor([list(COLORS).index(sc.color) for sc in scenes])
+
+    (x, y), (x_test, y_test) = round_trips(n_train, seed), round_trips(n_test, seed + 1)
+    torch.manual_seed(seed)
+    probe = AttributeClassifier(16)
+    opt = torch.optim.AdamW(probe.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 128):
+            idx = perm[i:i + 128]
+            loss = F.cross_entropy(probe(x[idx])["color"], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((probe(x_test)["color"].argmax(-1) == y_test).float().mean())
+
+
 def with_triggers(rows: Sequence[PromptRow], entries: Sequence[dict]) -> list[PromptRow]:
     """Each prompt with the LoRAs' trigger words added (where each LoRA puts it), scored against the LoRA's style."""
     from .lora import add_trigger

@@ -115,8 +115,10 @@ print(f"{len(cases)} rows in {time.time() - started:.0f} s")
 table.style.format("{:.1%}")
 
 # %% [markdown]
-# What limits colour in ink-wash images is the mini VAE, not the LoRA: the same classifier on *real* rendered scenes
-# after the VAE's encode and decode (the best any generator decoding through it can do):
+# Colour in the ink-wash images falls. How much of that is the judge? The attribute classifier on *real* rendered
+# scenes after the mini VAE's encode and decode (what any generator decoding through it can show), and a fresh colour
+# probe trained on such round-trips of ink-wash renders: if the probe reads them well, the colour survives the VAE and
+# the classifier, trained on crisp renders only, misreads the decoder's shifted wash colours.
 
 # %%
 from diffusers import AutoencoderKL  # noqa: E402
@@ -124,7 +126,8 @@ from diffusers import AutoencoderKL  # noqa: E402
 vae = AutoencoderKL.from_pretrained(paths["vae"])
 world = miniworld.WorldConfig.from_params(params.get("world"))
 ceiling = pd.DataFrame({style: evaluate.vae_round_trip_accuracy(vae, classifier, world, style) for style in ("plain", "ink")}).T
-ceiling.style.format("{:.1%}")
+ceiling["colour probe trained on round-trips"] = {"ink": evaluate.vae_round_trip_probe(vae, world, "ink")}
+ceiling.style.format("{:.1%}", na_rep="")
 
 # %% [markdown]
 # ## Grids: trigger off / on, LoRA weight 0 → 1

@@ -218,3 +218,26 @@ def test_validation_images_are_drawn_every_n_steps(korean_pipe, ink_data, tmp_pa
     log = lora.train_lora(tmp_path / "v", korean_pipe, ink_data, cfg, name="v")
     assert sorted(p.name for p in (tmp_path / "v" / "validation").glob("*.png")) == ["step-2.png", "step-4.png"]
     assert [h["step"] for h in log["history"] if "val_loss" in h] == [2, 4]
+
+
+def test_evaluate_cli_takes_loras_by_name_and_adds_their_trigger(trained, tiny_parts, tiny_student, tmp_path):
+    from safetensors.torch import save_file
+
+    from koclip_lib.common import write_json
+
+    root, _ = trained
+    clf_dir = tmp_path / "clf"
+    clf_dir.mkdir()
+    save_file(mw.AttributeClassifier(8).state_dict(), str(clf_dir / "classifier.safetensors"))
+    write_json(clf_dir / "classifier.json", {"width": 8, "image_size": 32})
+    prompts = mw.write_prompt_tsv(tmp_path / "ko.tsv", mw.sample_scenes(3, 0, mw.WorldConfig()), "ko", 0)
+    common = [sys.executable, "-m", "koclip_lib.evaluate", "--pipeline", str(tiny_parts / "sd"), "--text-encoder",
+              str(tiny_student), "--prompts", str(prompts), "--classifier", str(clf_dir), "--steps", "2",
+              "--lora-registry", str(root / "registry.json")]
+    bad = subprocess.run(common + ["--lora", "ink:1.0", "--lora", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown LoRA 'nope'; known: ink, wash" in bad.stderr
+    ok = subprocess.run(common + ["--lora", "ink:0.5", "--trigger"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    result = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert result["lora"] == ["ink:0.5"] and result["trigger"] and result["scored"]["style"] == 3
+    assert abs(sum(result["style_share"].values()) - 1) < 1e-6
