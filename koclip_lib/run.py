@@ -114,12 +114,15 @@ def build_step(step: str, params: dict, root: Path) -> None:
 
 def build(params_file: str, jobs: int = 2) -> None:
     """Train every model the notebooks use, `jobs` lanes at a time (each lane its own one-thread process)."""
-    lanes = [list(l) for l in BUILD_LANES]
-    if jobs < 2:  # the first lane's steps include everything the second builds
-        lanes = lanes[:1]
-    procs = [subprocess.Popen([sys.executable, "-m", "koclip_lib.run", "--params", params_file, "--lane", str(i)],
-                              env={**os.environ, **KERNEL_ENV}, cwd=REPO_ROOT) for i in range(len(lanes))]
-    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    def start(lane: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "koclip_lib.run", "--params", params_file, "--lane", str(lane)],
+                                env={**os.environ, **KERNEL_ENV}, cwd=REPO_ROOT)
+
+    if jobs < 2:  # one lane after the other
+        failed = [lane for lane in range(len(BUILD_LANES)) if start(lane).wait() != 0]
+    else:
+        procs = [start(lane) for lane in range(len(BUILD_LANES))]
+        failed = [lane for lane, p in enumerate(procs) if p.wait() != 0]
     if failed:
         sys.exit(f"error: build lane(s) {failed} failed; their output is above")
 
