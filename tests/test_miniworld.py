@@ -99,3 +99,31 @@ def test_classifier_reads_fresh_renders_at_98_percent(mini_params, mini_root):
     clf = mw.load_classifier(mw.ensure_classifier(mini_params, mini_root))
     acc = mw.classifier_accuracy(clf, mw.WorldConfig.from_params(mini_params["world"]), n=1500, seed=987)
     assert all(v >= 0.98 for v in acc.values()), acc
+
+
+def _build_slowly(out_dir):
+    import time
+
+    with open(out_dir.parent / "builds.txt", "a") as f:
+        f.write(f"{out_dir.name}\n")
+    time.sleep(1.0)
+    (out_dir / "weights.bin").write_text("done")
+
+
+def _ask_for_artifact(folder):
+    cached_artifact(folder, {"k": 1}, _build_slowly)
+
+
+def test_two_processes_asking_for_one_artifact_build_it_once(tmp_path):
+    """`run --build --jobs 2` starts two lanes that may reach the same artifact: the second waits for the first."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_ask_for_artifact, args=(tmp_path / "model",)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "builds.txt").read_text().splitlines() == ["model"]
+    assert (tmp_path / "model" / "weights.bin").read_text() == "done"
