@@ -165,15 +165,21 @@ def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[st
 
 
 @torch.no_grad()
+def vae_round_trips(vae, world, style: str, n: int, seed: int, split: str = "seen", batch_size: int = 500):
+    """`n` rendered scenes of `style` after the VAE's encode and decode, with their scenes."""
+    from .miniworld import render_batch, sample_scenes
+
+    scenes = sample_scenes(n, seed, world, split=split, styles=[style])
+    images = render_batch(scenes, seed, world.image_size).to(vae.device)
+    decoded = [vae.decode(vae.encode(images[i:i + batch_size]).latent_dist.mean).sample for i in range(0, n, batch_size)]
+    return torch.cat(decoded).cpu(), scenes
+
+
 def vae_round_trip_accuracy(vae, classifier: AttributeClassifier, world, style: str = "plain", n: int = 400,
                             seed: int = 7) -> dict:
     """What any generator decoding through `vae` can reach: the classifier's accuracy on rendered scenes of `style`
     (seen colour-shape pairs) after the VAE's encode and decode."""
-    from .miniworld import render_batch, sample_scenes
-
-    scenes = sample_scenes(n, seed, world, split="seen", styles=[style])
-    images = render_batch(scenes, seed, world.image_size).to(vae.device)
-    decoded = vae.decode(vae.encode(images).latent_dist.mean).sample.cpu()
+    decoded, scenes = vae_round_trips(vae, world, style, n, seed)
     predicted = classifier.predict(decoded)
     return {name: float(np.mean([p == getattr(s, name) for p, s in zip(predicted[name], scenes)]))
             for name in ("color", "shape", "style")}
@@ -185,14 +191,11 @@ def vae_round_trip_probe(vae, world, style: str = "ink", n_train: int = 4000, n_
     architecture) trained on VAE round-trips of `style` renders, its accuracy on other round-trips."""
     import torch.nn.functional as F
 
-    from .miniworld import COLORS, AttributeClassifier, render_batch, sample_scenes
+    from .miniworld import COLORS, AttributeClassifier
 
     def round_trips(n, s):
-        scenes = sample_scenes(n, s, world, split="all", styles=[style])
-        images = render_batch(scenes, s, world.image_size).to(vae.device)
-        with torch.no_grad():
-            out = torch.cat([vae.decode(vae.encode(images[i:i + 500]).latent_dist.mean).sample for i in range(0, n, 500)])
-        return out.cpu(), torch.tensor([list(COLORS).index(sc.color) for sc in scenes])
+        decoded, scenes = vae_round_trips(vae, world, style, n, s, split="all")
+        return decoded, torch.tensor([list(COLORS).index(sc.color) for sc in scenes])
 
     (x, y), (x_test, y_test) = round_trips(n_train, seed), round_trips(n_test, seed + 1)
     torch.manual_seed(seed)
