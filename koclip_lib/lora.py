@@ -462,12 +462,6 @@ class LoraRegistry:
             raise UnknownLoraError(f"unknown LoRA {name!r}; known: {known}")
         return self.entries[name]
 
-    def names(self) -> list[str]:
-        return sorted(self.entries)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.entries
-
     def public(self) -> dict[str, dict]:
         """What a client may see: names, triggers, descriptions; no paths."""
         return {n: {k: v for k, v in e.items() if k != "path"} for n, e in sorted(self.entries.items())}

@@ -62,7 +62,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .lora import LORA_NAME  # one rule for LoRA names: the registry's
+from .lora import LORA_NAME, LoraError, LoraRegistry, apply_loras  # one rule for LoRA names: the registry's
 
 log = logging.getLogger("koclip.serve")
 
@@ -210,8 +210,6 @@ class JobStore:
 def load_lora_registry(path: str | os.PathLike | None) -> dict[str, dict]:
     """{name: {path, trigger, description, ...}} from a `koclip_lib.lora` registry file (relative paths are relative
     to the file); names are what clients send, paths never leave the server."""
-    from .lora import LoraError, LoraRegistry
-
     try:
         return LoraRegistry.from_file(path).entries
     except LoraError as err:
@@ -264,8 +262,6 @@ class PipelineEngine:
     def _apply_loras(self, loras: tuple) -> None:
         """Make exactly these (name, weight) LoRAs active; each file is checked before it is loaded, so a bad one
         fails its job (LoraFileError) and leaves the pipeline as it was."""
-        from .lora import LoraRegistry, apply_loras
-
         apply_loras(self.pipe, dict(loras), LoraRegistry(self.loras))
 
     @torch.inference_mode()
@@ -870,7 +866,7 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
 
     @v1.get("/loras")
     def loras():
-        return {name: {k: v for k, v in entry.items() if k != "path"} for name, entry in registry.items()}
+        return LoraRegistry(registry).public()
 
     app.include_router(v1)
 
