@@ -164,15 +164,12 @@ def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[st
     return grid
 
 
-@torch.no_grad()
-def vae_round_trips(vae, world, style: str, n: int, seed: int, split: str = "seen", batch_size: int = 500):
+def vae_round_trips(vae, world, style: str, n: int, seed: int, split: str = "seen"):
     """`n` rendered scenes of `style` after the VAE's encode and decode, with their scenes."""
-    from .miniworld import render_batch, sample_scenes
+    from .miniworld import render_batch, sample_scenes, vae_round_trip
 
     scenes = sample_scenes(n, seed, world, split=split, styles=[style])
-    images = render_batch(scenes, seed, world.image_size).to(vae.device)
-    decoded = [vae.decode(vae.encode(images[i:i + batch_size]).latent_dist.mean).sample for i in range(0, n, batch_size)]
-    return torch.cat(decoded).cpu(), scenes
+    return vae_round_trip(vae, render_batch(scenes, seed, world.image_size).to(vae.device)).cpu(), scenes
 
 
 def vae_round_trip_accuracy(vae, classifier: AttributeClassifier, world, style: str = "plain", n: int = 400,

@@ -369,16 +369,21 @@ def ensure_teacher(params: dict, root: str | Path = "outputs/mini") -> Path:
     return cached_artifact(Path(root) / "teacher", generator_keys(params)["teacher"], lambda d: train_teacher(d, world, t_cfg))
 
 
-def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
-    """Train (or reuse) classifier, teacher, VAE and UNet; save the SD pipeline to `root/sd`. Returns their folders."""
-    root = Path(root)
+def ensure_vae(params: dict, root: str | Path = "outputs/mini") -> Path:
+    """Train (or reuse) the VAE alone into `root/vae` (the attribute classifier learns from its round-trips too)."""
     world = mw.WorldConfig.from_params(params.get("world"))
     v_cfg = VAEConfig(**params.get("vae", {}))
+    return cached_artifact(Path(root) / "vae", generator_keys(params)["vae"], lambda d: train_vae(d, world, v_cfg))
+
+
+def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
+    """Train (or reuse) teacher, VAE, classifier and UNet; save the SD pipeline to `root/sd`. Returns their folders."""
+    root = Path(root)
+    world = mw.WorldConfig.from_params(params.get("world"))
     u_cfg = UNetConfig(**params.get("unet", {}))
-    keys = generator_keys(params)
-    paths = {"classifier": mw.ensure_classifier(params, root), "teacher": ensure_teacher(params, root)}
-    paths["vae"] = cached_artifact(root / "vae", keys["vae"], lambda d: train_vae(d, world, v_cfg))
-    paths["sd"] = cached_artifact(root / "sd", keys["sd"], lambda d: _train_sd(d, world, u_cfg, paths))
+    paths = {"teacher": ensure_teacher(params, root), "vae": ensure_vae(params, root)}
+    paths["classifier"] = mw.ensure_classifier(params, root)
+    paths["sd"] = cached_artifact(root / "sd", generator_keys(params)["sd"], lambda d: _train_sd(d, world, u_cfg, paths))
     return paths
 
 

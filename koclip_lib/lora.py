@@ -594,13 +594,25 @@ class StyleCase:
     trigger_text: str | None = None    # another trigger than the LoRA's own (the English LoRA behind the student)
 
 
+def _case_rows(case: StyleCase, prompt_files: dict, registry: LoraRegistry, split: str, n_prompts: int):
+    """The first `n_prompts` prompts of one split ("held-out" or "seen") in the case's language, triggered if it says so."""
+    from .evaluate import PromptRow, read_prompt_tsv, with_triggers
+
+    rows = read_prompt_tsv(prompt_files[f"{case.language}_{split.replace('-', '')}"])[:n_prompts]
+    if case.trigger and case.trigger_text:
+        return [PromptRow(add_trigger(r.prompt, case.trigger_text), r.attributes, r.line) for r in rows]
+    if case.trigger:
+        return with_triggers(rows, [registry.get(n) for n in case.loras])
+    return rows
+
+
 def style_table(pipes: dict, classifier, prompt_files: dict, registry: LoraRegistry, cases: Sequence[StyleCase],
                 style: str = "ink", n_prompts: int = 200, **generate_kwargs):
     """For each case and each prompt split (held-out, seen colour-shape pairs): the share of images the classifier
     calls `style` (the style rate), and colour / shape accuracy; same seeds in every cell. Returns a DataFrame."""
     import pandas as pd
 
-    from .evaluate import PromptRow, evaluate_rows, read_prompt_tsv, with_triggers
+    from .evaluate import evaluate_rows
 
     records = []
     for case in cases:
@@ -608,17 +620,40 @@ def style_table(pipes: dict, classifier, prompt_files: dict, registry: LoraRegis
         apply_loras(pipe, case.loras, registry)
         row = {"case": case.label}
         for split in ("held-out", "seen"):
-            rows = read_prompt_tsv(prompt_files[f"{case.language}_{split.replace('-', '')}"])[:n_prompts]
-            if case.trigger and case.trigger_text:
-                rows = [PromptRow(add_trigger(r.prompt, case.trigger_text), r.attributes, r.line) for r in rows]
-            elif case.trigger:
-                rows = with_triggers(rows, [registry.get(n) for n in case.loras])
+            rows = _case_rows(case, prompt_files, registry, split, n_prompts)
             result, _, _ = evaluate_rows(pipe, rows, classifier, **generate_kwargs)
             row.update({f"{split} style rate": result["style_share"][style], f"{split} color": result["accuracy"]["color"],
                         f"{split} shape": result["accuracy"]["shape"]})
         records.append(row)
         apply_loras(pipe, {}, registry)
     return pd.DataFrame(records).set_index("case")
+
+
+def attribute_breakdown(pipes: dict, classifier, prompt_files: dict, registry: LoraRegistry, cases: Sequence[StyleCase],
+                        attribute: str = "color", n_prompts: int = 200, **generate_kwargs):
+    """Where an attribute goes wrong: for each value the prompts ask for (held-out and seen prompts together), each
+    case's accuracy and what the classifier reads most often. Returns a DataFrame, one row per asked-for value."""
+    from collections import Counter, defaultdict
+
+    import pandas as pd
+
+    from .evaluate import evaluate_rows
+
+    table = {"prompts": {}}
+    for case in cases:
+        pipe = pipes[case.pipeline]
+        apply_loras(pipe, case.loras, registry)
+        read = defaultdict(list)
+        for split in ("held-out", "seen"):  # the images of `style_table` (same seeds)
+            _, images, rows = evaluate_rows(pipe, _case_rows(case, prompt_files, registry, split, n_prompts), classifier,
+                                            **generate_kwargs)
+            for row, value in zip(rows, classifier.predict(images)[attribute]):
+                read[row.attributes[attribute]].append(value)
+        apply_loras(pipe, {}, registry)
+        table["prompts"] = {asked: len(values) for asked, values in read.items()}
+        table[case.label] = {asked: sum(v == asked for v in values) / len(values) for asked, values in read.items()}
+        table[f"{case.label}: read as"] = {asked: Counter(values).most_common(1)[0][0] for asked, values in read.items()}
+    return pd.DataFrame(table).sort_index()
 
 
 @torch.no_grad()

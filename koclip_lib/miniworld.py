@@ -384,15 +384,26 @@ def _degrade(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (images + noise).clamp(-1, 1)
 
 
+@torch.no_grad()
+def vae_round_trip(vae, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """`images` after `vae`'s encode and decode (the latent mean): what a generator decoding through it can show."""
+    return torch.cat([vae.decode(vae.encode(images[i:i + batch_size]).latent_dist.mean).sample.clamp(-1, 1)
+                      for i in range(0, len(images), batch_size)])
+
+
 def train_classifier(out_dir: str | Path, world: WorldConfig, n_train: int = 16000, epochs: int = 6, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, width: int = 32) -> dict:
-    """Train the judge on fresh renders of every combination and both styles; save weights + metrics."""
+                     lr: float = 2e-3, seed: int = 0, width: int = 32, vae=None, round_trip_prob: float = 0.0) -> dict:
+    """Train the judge on fresh renders of every combination and both styles; save weights + metrics.
+
+    The judge reads decoded images, and a small VAE shifts colours (most of all in ink-wash washes): given `vae` (an
+    AutoencoderKL), each training image is its VAE round-trip with probability `round_trip_prob`, else the render."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)  # initial weights depend on the seed alone
     scenes = sample_scenes(n_train, seed, world, split="all", styles=list(STYLES))
     images = render_batch(scenes, seed, world.image_size)
     labels = _labels(scenes)
+    round_trips = vae_round_trip(vae, images) if vae is not None and round_trip_prob > 0 else None
     model = AttributeClassifier(width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(n_train / batch_size)
@@ -405,7 +416,11 @@ def train_classifier(out_dir: str | Path, world: WorldConfig, n_train: int = 160
         perm = torch.randperm(n_train, generator=gen)
         for start in range(0, n_train, batch_size):
             idx = perm[start:start + batch_size]
-            logits = model(_degrade(images[idx], gen))
+            batch = images[idx]
+            if round_trips is not None:
+                use = torch.rand(len(idx), generator=gen) < round_trip_prob
+                batch = torch.where(use[:, None, None, None], round_trips[idx], batch)
+            logits = model(_degrade(batch, gen))
             loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in ATTRIBUTES)
             opt.zero_grad()
             loss.backward()
@@ -419,6 +434,9 @@ def train_classifier(out_dir: str | Path, world: WorldConfig, n_train: int = 160
     save_file(model.state_dict(), str(out_dir / "classifier.safetensors"))
     metrics = {"history": history, "width": width, "image_size": world.image_size,
                "test_accuracy": classifier_accuracy(model, world, n=2000, seed=seed + 1)}
+    if round_trips is not None:
+        metrics["round_trip_prob"] = round_trip_prob
+        metrics["round_trip_accuracy"] = classifier_accuracy(model, world, n=2000, seed=seed + 1, vae=vae)
     from .common import write_json
 
     write_json(out_dir / "classifier.json", metrics)
@@ -438,11 +456,14 @@ def load_classifier(out_dir: str | Path) -> AttributeClassifier:
     return model.eval()
 
 
-def classifier_accuracy(model: AttributeClassifier, world: WorldConfig, n: int = 2000, seed: int = 12345) -> dict[str, float]:
-    """Accuracy per attribute on freshly rendered images (all combinations, both styles) with unseen seeds."""
+def classifier_accuracy(model: AttributeClassifier, world: WorldConfig, n: int = 2000, seed: int = 12345,
+                        vae=None) -> dict[str, float]:
+    """Accuracy per attribute on freshly rendered images (all combinations, both styles) with unseen seeds; with
+    `vae`, on their VAE round-trips."""
     scenes = sample_scenes(n, seed, world, split="all", styles=list(STYLES))
     model.image_size = world.image_size
-    pred = model.predict(render_batch(scenes, seed, world.image_size))
+    images = render_batch(scenes, seed, world.image_size)
+    pred = model.predict(vae_round_trip(vae, images) if vae is not None else images)
     return {name: float(np.mean([p == getattr(s, name) for p, s in zip(pred[name], scenes)])) for name in ATTRIBUTES}
 
 
@@ -467,12 +488,31 @@ def ensure_world_corpus(params: dict, root: str | Path = "outputs/mini") -> Path
 
 
 def ensure_classifier(params: dict, root: str | Path = "outputs/mini") -> Path:
+    """Train (or reuse) the judge. It reads what the generator decodes, so, with `classifier.round_trip_prob` > 0, it
+    also learns from the profile's VAE round-trips (the VAE is trained first, or reused)."""
+    import json
+
     from .common import cached_artifact
 
     world = WorldConfig.from_params(params.get("world"))
-    cfg = params.get("classifier", {})
-    return cached_artifact(Path(root) / "classifier", {"world": params.get("world"), "classifier": cfg},
-                           lambda d: train_classifier(d, world, **cfg))
+    cfg = dict(params.get("classifier", {}))
+    key = {"world": params.get("world"), "classifier": cfg}
+    vae_dir = None
+    if cfg.get("round_trip_prob", 0) > 0:
+        from .generator import ensure_vae
+
+        vae_dir = ensure_vae(params, root)
+        key["vae"] = json.loads((vae_dir / "artifact.json").read_text(encoding="utf-8"))["config_hash"]
+
+    def build(out_dir: Path):
+        vae = None
+        if vae_dir is not None:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+        train_classifier(out_dir, world, vae=vae, **cfg)
+
+    return cached_artifact(Path(root) / "classifier", key, build)
 
 
 def ensure_eval_prompts(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:

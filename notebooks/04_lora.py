@@ -103,6 +103,8 @@ cases = [
     lora.StyleCase("Korean pipeline, no LoRA", "korean"),
     lora.StyleCase("+ ink, no trigger", "korean", loras={"ink": 1.0}),
     lora.StyleCase("+ ink, trigger 백묘법", "korean", loras={"ink": 1.0}, trigger=True),
+    lora.StyleCase("+ ink at 0.75, trigger 백묘법", "korean", loras={"ink": 0.75}, trigger=True),
+    lora.StyleCase("+ ink at 0.6, trigger 백묘법", "korean", loras={"ink": 0.6}, trigger=True),
     lora.StyleCase("English pipeline + ink-en, English prompt + trigger", "english", "en", {"ink-en": 1.0}, trigger=True),
     lora.StyleCase("Korean pipeline + ink-en, no trigger", "korean", loras={"ink-en": 1.0}),
     lora.StyleCase("Korean pipeline + ink-en, trigger 백묘법", "korean", loras={"ink-en": 1.0}, trigger=True, trigger_text="백묘법"),
@@ -115,10 +117,10 @@ print(f"{len(cases)} rows in {time.time() - started:.0f} s")
 table.style.format("{:.1%}")
 
 # %% [markdown]
-# Colour in the ink-wash images falls. How much of that is the judge? The attribute classifier on *real* rendered
-# scenes after the mini VAE's encode and decode (what any generator decoding through it can show), and a fresh colour
-# probe trained on such round-trips of ink-wash renders: if the probe reads them well, the colour survives the VAE and
-# the classifier, trained on crisp renders only, misreads the decoder's shifted wash colours.
+# Colour in the ink-wash images falls, and at lower LoRA weights the style goes before the colour comes back. Is it the
+# judge? It is trained on the mini VAE's round-trips as well as on renders (notebook 01), so it reads *real* ink-wash
+# scenes after the VAE's encode and decode (what any generator decoding through it can show) nearly as well as a
+# fresh colour probe trained on such round-trips alone: the judge is not what loses the colour.
 
 # %%
 from diffusers import AutoencoderKL  # noqa: E402
@@ -128,6 +130,16 @@ world = miniworld.WorldConfig.from_params(params.get("world"))
 ceiling = pd.DataFrame({style: evaluate.vae_round_trip_accuracy(vae, classifier, world, style) for style in ("plain", "ink")}).T
 ceiling["colour probe trained on round-trips"] = {"ink": evaluate.vae_round_trip_probe(vae, world, "ink")}
 ceiling.style.format("{:.1%}", na_rep="")
+
+# %% [markdown]
+# Which colours the LoRA loses, per colour the prompt asks for (held-out and seen prompts together, the table's
+# images), and what the judge reads instead:
+
+# %%
+by_colour = lora.attribute_breakdown(pipes, classifier, prompt_files, registry, [cases[0], cases[2]], "color",
+                                     n_prompts=section["evaluate"]["n_prompts"], steps=params["evaluate"]["steps"],
+                                     guidance_scale=params["evaluate"]["guidance_scale"])
+by_colour
 
 # %% [markdown]
 # ## Grids: trigger off / on, LoRA weight 0 → 1
@@ -154,6 +166,7 @@ pd.DataFrame([files])
 metrics = {"loras": {n: {k: c[k] for k in ("trigger", "text_encoder", "rank", "alpha", "images", "steps", "seconds")}
                      for n, c in cards.items()},
            "table": json.loads(table.to_json(orient="index")), "vae_ceiling": json.loads(ceiling.to_json(orient="index")),
+           "colour_breakdown": json.loads(by_colour.to_json(orient="index")),
            "files": files, "n_prompts": section["evaluate"]["n_prompts"]}
 write_json(Path(params["metrics_dir"]) / "04_lora.json", metrics)
 figures = Path(params["figures_dir"])

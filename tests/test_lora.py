@@ -241,3 +241,25 @@ def test_evaluate_cli_takes_loras_by_name_and_adds_their_trigger(trained, tiny_p
     result = json.loads(ok.stdout.strip().splitlines()[-1])
     assert result["lora"] == ["ink:0.5"] and result["trigger"] and result["scored"]["style"] == 3
     assert abs(sum(result["style_share"].values()) - 1) < 1e-6
+
+
+def test_colour_breakdown_counts_the_images_of_the_style_table(trained, korean_pipe, tmp_path):
+    """The per-colour view is the same images as the table: its accuracies, weighted by prompts, give the table's."""
+    _, registry = trained
+    torch.manual_seed(0)
+    classifier = mw.AttributeClassifier(8)
+    classifier.image_size = 32
+    world = mw.WorldConfig()
+    files = {f"ko_{split}": mw.write_prompt_tsv(tmp_path / f"{split}.tsv", mw.sample_scenes(6, 1, world, split=split), "ko", 1)
+             for split in ("heldout", "seen")}
+    cases = [lora.StyleCase("base", "ko"), lora.StyleCase("ink on", "ko", loras={"ink": 1.0}, trigger=True)]
+    kwargs = dict(n_prompts=6, steps=2)
+    before = image(korean_pipe)
+    table = lora.style_table({"ko": korean_pipe}, classifier, files, registry, cases, **kwargs)
+    by_colour = lora.attribute_breakdown({"ko": korean_pipe}, classifier, files, registry, cases, "color", **kwargs)
+    assert by_colour["prompts"].sum() == 12 and set(by_colour.index) <= set(mw.COLORS)
+    for case in cases:
+        overall = (by_colour[case.label] * by_colour["prompts"]).sum() / 12
+        assert overall == pytest.approx((table.loc[case.label, "held-out color"] + table.loc[case.label, "seen color"]) / 2)
+        assert set(by_colour[f"{case.label}: read as"]) <= set(mw.COLORS)
+    assert np.array_equal(image(korean_pipe), before)  # the LoRAs are off again

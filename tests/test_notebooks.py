@@ -197,9 +197,10 @@ def test_optimize_targets(run_dir):
 def test_lora_targets(run_dir):
     """Notebook 04 (issue 6), read from its metrics: with the ink LoRA loaded, the trigger 백묘법 switches the ink-wash
     style on (>= 80% of images) and without it the style stays off (<= 20%), on held-out and on seen colour-shape
-    pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA. The English LoRA (teacher
-    captions) is measured behind the student too, not asserted against: it is the seed's observation, reported.
-    The main job reaches 94%/92% with the trigger, 13%/3% without (held-out/seen, 100-prompt trial: README)."""
+    pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA. Colour *with* the trigger
+    is not asserted: the issue asks for it within 10 points too, and the main job misses that by far (README). The
+    English LoRA (teacher captions) is measured behind the student too, not asserted against: it is the seed's
+    observation, reported."""
     m = _metrics(run_dir, "04_lora")
     t = m["table"]
     base, off, on = t["Korean pipeline, no LoRA"], t["+ ink, no trigger"], t["+ ink, trigger 백묘법"]
@@ -208,5 +209,6 @@ def test_lora_targets(run_dir):
         assert off[f"{split} color"] >= base[f"{split} color"] - 0.10, (split, off, base)
         assert base[f"{split} style rate"] <= 0.05, base
     assert any(k.startswith("Korean pipeline + ink-en") for k in t)
+    assert sum(row["prompts"] for row in m["colour_breakdown"].values()) == 2 * m["n_prompts"]  # both splits, by colour
     files = m["files"]
     assert files["kohya vs diffusers, max |Δ|"] < 1e-4 and files["diffusers vs base, mean |Δ|"] > 1e-3, files
