@@ -164,22 +164,14 @@ def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[st
     return grid
 
 
-def vae_round_trips(vae, world, style: str, n: int, seed: int, split: str = "seen"):
-    """`n` rendered scenes of `style` after the VAE's encode and decode, with their scenes."""
-    from .miniworld import render_batch, sample_scenes, vae_round_trip
-
-    scenes = sample_scenes(n, seed, world, split=split, styles=[style])
-    return vae_round_trip(vae, render_batch(scenes, seed, world.image_size).to(vae.device)).cpu(), scenes
-
-
 def vae_round_trip_accuracy(vae, classifier: AttributeClassifier, world, style: str = "plain", n: int = 400,
                             seed: int = 7) -> dict:
     """What any generator decoding through `vae` can reach: the classifier's accuracy on rendered scenes of `style`
     (seen colour-shape pairs) after the VAE's encode and decode."""
-    decoded, scenes = vae_round_trips(vae, world, style, n, seed)
-    predicted = classifier.predict(decoded)
-    return {name: float(np.mean([p == getattr(s, name) for p, s in zip(predicted[name], scenes)]))
-            for name in ("color", "shape", "style")}
+    from .miniworld import classifier_accuracy
+
+    accuracy = classifier_accuracy(classifier, world, n, seed, vae=vae, split="seen", styles=[style])
+    return {name: accuracy[name] for name in ("color", "shape", "style")}
 
 
 def vae_round_trip_probe(vae, world, style: str = "ink", n_train: int = 4000, n_test: int = 1000, epochs: int = 6,
@@ -188,10 +180,10 @@ def vae_round_trip_probe(vae, world, style: str = "ink", n_train: int = 4000, n_
     architecture) trained on VAE round-trips of `style` renders, its accuracy on other round-trips."""
     import torch.nn.functional as F
 
-    from .miniworld import COLORS, AttributeClassifier
+    from .miniworld import COLORS, AttributeClassifier, rendered_scenes
 
     def round_trips(n, s):
-        decoded, scenes = vae_round_trips(vae, world, style, n, s, split="all")
+        decoded, scenes = rendered_scenes(world, n, s, "all", [style], vae)
         return decoded, torch.tensor([list(COLORS).index(sc.color) for sc in scenes])
 
     (x, y), (x_test, y_test) = round_trips(n_train, seed), round_trips(n_test, seed + 1)

@@ -587,7 +587,7 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequenc
 class StyleCase:
     """One row of the LoRA table: which pipeline, which prompt language, which LoRAs at what weight, trigger or not."""
     label: str
-    pipeline: str                      # a key of the `pipes` given to `style_table`
+    pipeline: str                      # a key of the `pipes` given to `evaluate_cases`
     language: str = "ko"               # prompt files: ko_heldout / ko_seen or en_heldout / en_seen
     loras: dict = field(default_factory=dict)
     trigger: bool = False              # add the LoRAs' trigger words (or `trigger_text`) to every prompt
@@ -606,53 +606,58 @@ def _case_rows(case: StyleCase, prompt_files: dict, registry: LoraRegistry, spli
     return rows
 
 
-def style_table(pipes: dict, classifier, prompt_files: dict, registry: LoraRegistry, cases: Sequence[StyleCase],
-                style: str = "ink", n_prompts: int = 200, **generate_kwargs):
-    """For each case and each prompt split (held-out, seen colour-shape pairs): the share of images the classifier
-    calls `style` (the style rate), and colour / shape accuracy; same seeds in every cell. Returns a DataFrame."""
-    import pandas as pd
-
+def evaluate_cases(pipes: dict, classifier, prompt_files: dict, registry: LoraRegistry, cases: Sequence[StyleCase],
+                   n_prompts: int = 200, **generate_kwargs) -> dict[str, dict]:
+    """Generate and score every case on each prompt split (held-out, seen colour-shape pairs), same seeds in every
+    cell, each case's LoRAs switched off again after it: {label: {split: (result, rows, predicted attributes)}}, what
+    `style_table` and `attribute_breakdown` summarise."""
     from .evaluate import evaluate_rows
 
-    records = []
+    evaluated = {}
     for case in cases:
         pipe = pipes[case.pipeline]
         apply_loras(pipe, case.loras, registry)
-        row = {"case": case.label}
+        evaluated[case.label] = {}
         for split in ("held-out", "seen"):
-            rows = _case_rows(case, prompt_files, registry, split, n_prompts)
-            result, _, _ = evaluate_rows(pipe, rows, classifier, **generate_kwargs)
+            result, images, rows = evaluate_rows(pipe, _case_rows(case, prompt_files, registry, split, n_prompts),
+                                                 classifier, **generate_kwargs)
+            evaluated[case.label][split] = (result, rows, classifier.predict(images))
+        apply_loras(pipe, {}, registry)
+    return evaluated
+
+
+def style_table(evaluated: dict, style: str = "ink"):
+    """Per case (`evaluate_cases`) and split: the share of images the classifier calls `style` (the style rate), and
+    colour / shape accuracy. Returns a DataFrame."""
+    import pandas as pd
+
+    records = []
+    for label, splits in evaluated.items():
+        row = {"case": label}
+        for split, (result, _, _) in splits.items():
             row.update({f"{split} style rate": result["style_share"][style], f"{split} color": result["accuracy"]["color"],
                         f"{split} shape": result["accuracy"]["shape"]})
         records.append(row)
-        apply_loras(pipe, {}, registry)
     return pd.DataFrame(records).set_index("case")
 
 
-def attribute_breakdown(pipes: dict, classifier, prompt_files: dict, registry: LoraRegistry, cases: Sequence[StyleCase],
-                        attribute: str = "color", n_prompts: int = 200, **generate_kwargs):
-    """Where an attribute goes wrong: for each value the prompts ask for (held-out and seen prompts together), each
-    case's accuracy and what the classifier reads most often. Returns a DataFrame, one row per asked-for value."""
+def attribute_breakdown(evaluated: dict, attribute: str = "color", labels: Sequence[str] | None = None):
+    """Where an attribute goes wrong: for each value the prompts ask for (all splits together), each case's accuracy
+    and what the classifier reads most often; the cases `labels` of `evaluate_cases` (default: all). Returns a
+    DataFrame, one row per asked-for value."""
     from collections import Counter, defaultdict
 
     import pandas as pd
 
-    from .evaluate import evaluate_rows
-
     table = {"prompts": {}}
-    for case in cases:
-        pipe = pipes[case.pipeline]
-        apply_loras(pipe, case.loras, registry)
+    for label in labels or list(evaluated):
         read = defaultdict(list)
-        for split in ("held-out", "seen"):  # the images of `style_table` (same seeds)
-            _, images, rows = evaluate_rows(pipe, _case_rows(case, prompt_files, registry, split, n_prompts), classifier,
-                                            **generate_kwargs)
-            for row, value in zip(rows, classifier.predict(images)[attribute]):
+        for _, rows, predicted in evaluated[label].values():
+            for row, value in zip(rows, predicted[attribute]):
                 read[row.attributes[attribute]].append(value)
-        apply_loras(pipe, {}, registry)
         table["prompts"] = {asked: len(values) for asked, values in read.items()}
-        table[case.label] = {asked: sum(v == asked for v in values) / len(values) for asked, values in read.items()}
-        table[f"{case.label}: read as"] = {asked: Counter(values).most_common(1)[0][0] for asked, values in read.items()}
+        table[label] = {asked: sum(v == asked for v in values) / len(values) for asked, values in read.items()}
+        table[f"{label}: read as"] = {asked: Counter(values).most_common(1)[0][0] for asked, values in read.items()}
     return pd.DataFrame(table).sort_index()
 
 

@@ -456,14 +456,21 @@ def load_classifier(out_dir: str | Path) -> AttributeClassifier:
     return model.eval()
 
 
-def classifier_accuracy(model: AttributeClassifier, world: WorldConfig, n: int = 2000, seed: int = 12345,
-                        vae=None) -> dict[str, float]:
-    """Accuracy per attribute on freshly rendered images (all combinations, both styles) with unseen seeds; with
-    `vae`, on their VAE round-trips."""
-    scenes = sample_scenes(n, seed, world, split="all", styles=list(STYLES))
-    model.image_size = world.image_size
+def rendered_scenes(world: WorldConfig, n: int, seed: int, split: str = "all", styles: Sequence[str] | None = None,
+                    vae=None) -> tuple[torch.Tensor, list[Scene]]:
+    """`n` fresh scenes (of `styles`, default all) and their renders, after `vae`'s encode and decode when given."""
+    scenes = sample_scenes(n, seed, world, split=split, styles=list(styles or STYLES))
     images = render_batch(scenes, seed, world.image_size)
-    pred = model.predict(vae_round_trip(vae, images) if vae is not None else images)
+    return (vae_round_trip(vae, images.to(vae.device)).cpu() if vae is not None else images), scenes
+
+
+def classifier_accuracy(model: AttributeClassifier, world: WorldConfig, n: int = 2000, seed: int = 12345,
+                        vae=None, split: str = "all", styles: Sequence[str] | None = None) -> dict[str, float]:
+    """Accuracy per attribute on freshly rendered images (all combinations and styles unless `split` / `styles` say
+    otherwise) with unseen seeds; with `vae`, on their VAE round-trips."""
+    images, scenes = rendered_scenes(world, n, seed, split, styles, vae)
+    model.image_size = world.image_size
+    pred = model.predict(images)
     return {name: float(np.mean([p == getattr(s, name) for p, s in zip(pred[name], scenes)])) for name in ATTRIBUTES}
 
 

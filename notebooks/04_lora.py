@@ -111,8 +111,9 @@ cases = [
     lora.StyleCase(f"Korean pipeline + ink-en, trigger '{en_trigger}'", "korean", loras={"ink-en": 1.0}, trigger=True),
 ]
 started = time.time()
-table = lora.style_table(pipes, classifier, prompt_files, registry, cases, n_prompts=section["evaluate"]["n_prompts"],
-                         steps=params["evaluate"]["steps"], guidance_scale=params["evaluate"]["guidance_scale"])
+evaluated = lora.evaluate_cases(pipes, classifier, prompt_files, registry, cases, n_prompts=section["evaluate"]["n_prompts"],
+                                steps=params["evaluate"]["steps"], guidance_scale=params["evaluate"]["guidance_scale"])
+table = lora.style_table(evaluated)
 print(f"{len(cases)} rows in {time.time() - started:.0f} s")
 table.style.format("{:.1%}")
 
@@ -136,9 +137,7 @@ ceiling.style.format("{:.1%}", na_rep="")
 # images), and what the judge reads instead:
 
 # %%
-by_colour = lora.attribute_breakdown(pipes, classifier, prompt_files, registry, [cases[0], cases[2]], "color",
-                                     n_prompts=section["evaluate"]["n_prompts"], steps=params["evaluate"]["steps"],
-                                     guidance_scale=params["evaluate"]["guidance_scale"])
+by_colour = lora.attribute_breakdown(evaluated, "color", [cases[0].label, cases[2].label])
 by_colour
 
 # %% [markdown]

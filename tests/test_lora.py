@@ -244,7 +244,7 @@ def test_evaluate_cli_takes_loras_by_name_and_adds_their_trigger(trained, tiny_p
 
 
 def test_colour_breakdown_counts_the_images_of_the_style_table(trained, korean_pipe, tmp_path):
-    """The per-colour view is the same images as the table: its accuracies, weighted by prompts, give the table's."""
+    """The per-colour view counts the table's images: its accuracies, weighted by prompts, give the table's."""
     _, registry = trained
     torch.manual_seed(0)
     classifier = mw.AttributeClassifier(8)
@@ -255,8 +255,8 @@ def test_colour_breakdown_counts_the_images_of_the_style_table(trained, korean_p
     cases = [lora.StyleCase("base", "ko"), lora.StyleCase("ink on", "ko", loras={"ink": 1.0}, trigger=True)]
     kwargs = dict(n_prompts=6, steps=2)
     before = image(korean_pipe)
-    table = lora.style_table({"ko": korean_pipe}, classifier, files, registry, cases, **kwargs)
-    by_colour = lora.attribute_breakdown({"ko": korean_pipe}, classifier, files, registry, cases, "color", **kwargs)
+    evaluated = lora.evaluate_cases({"ko": korean_pipe}, classifier, files, registry, cases, **kwargs)
+    table, by_colour = lora.style_table(evaluated), lora.attribute_breakdown(evaluated, "color")
     assert by_colour["prompts"].sum() == 12 and set(by_colour.index) <= set(mw.COLORS)
     for case in cases:
         overall = (by_colour[case.label] * by_colour["prompts"]).sum() / 12
