@@ -520,11 +520,13 @@ def ensure_students(params: dict, root="outputs/mini", objectives: list[str] | N
         init = out.get("sequence") if objective == "unet" else None
         if objective == "unet" and init is None:
             raise ValueError("the unet objective starts from the sequence student: list 'sequence' before 'unet'")
-        # the unet stage's settings key only the unet student: tuning them never retrains the others
+        # the unet stage's settings and the SD it distils through key only the unet student: tuning them, or retraining
+        # the UNet, never retrains the others
         stage_only = () if objective == "unet" else UNET_STAGE_FIELDS
         key = {"distill": {k: v for k, v in cfg.__dict__.items() if k not in stage_only}, "teacher": str(teacher_dir),
-               "corpus": params.get("corpus"), "world": params.get("world"),
-               "sd": sd_key, "init": str(init)}
+               "corpus": params.get("corpus"), "world": params.get("world"), "init": str(init)}
+        if objective == "unet":
+            key["sd"] = sd_key
         sd_dir = ensure_generator(params, root)["sd"] if objective == "unet" else None
 
         def build(d, cfg=cfg, init=init, sd_dir=sd_dir):

@@ -177,6 +177,9 @@ class UNetConfig:
     # v-prediction (as SD 2.x): with epsilon prediction the loss barely depends on the prompt at high noise, where
     # colour, shape and place are decided, so a small UNet learns to follow text far more slowly
     prediction_type: str = "v_prediction"
+    # the styles it learns to draw, each named by its caption ("an ink wash painting of ..."), as SD 1.5 knows ink
+    # painting before any LoRA: a style LoRA then ties a new word to a rendering the UNet has, in every colour
+    styles: list[str] = field(default_factory=lambda: ["plain"])
     loop: dict = field(default_factory=lambda: {"steps": 2000, "lr": 1e-3, "batch_size": 64, "warmup_steps": 100})
     seed: int = 0
 
@@ -259,7 +262,7 @@ def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teac
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     text_encoder = CLIPTextModel.from_pretrained(teacher_dir).eval().requires_grad_(False)
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 2, world, split="seen")
+    scenes = mw.sample_scenes(cfg.n_images, cfg.seed + 2, world, split="seen", styles=cfg.styles)
     latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 2, world.image_size))
     seed_everything(cfg.seed)
     unet = (UNet2DConditionModel.from_pretrained(init_unet) if init_unet is not None
@@ -391,12 +394,10 @@ def ensure_finetuned_sd(params: dict, root: str | Path, name: str, style: str, l
     """Another SD 1.x checkpoint for the version sweep, made the way community checkpoints are made (dreamshaper-7
     is a fine-tune of SD 1.5): the generator's UNet trained further on `style` images; same text encoder, VAE and
     interface, so a student distilled for the base checkpoint plugs into it unchanged."""
-    from dataclasses import replace
-
     root = Path(root)
     paths = ensure_generator(params, root)
-    world = replace(mw.WorldConfig.from_params(params.get("world")), styles=[style])
-    u_cfg = UNetConfig(**{**params.get("unet", {}), "loop": loop})
+    world = mw.WorldConfig.from_params(params.get("world"))
+    u_cfg = UNetConfig(**{**params.get("unet", {}), "loop": loop, "styles": [style]})
     base = json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"]
 
     return cached_artifact(root / name, {"base": base, "style": style, "loop": loop, "world": params.get("world")},

@@ -588,7 +588,7 @@ class StyleCase:
     """One row of the LoRA table: which pipeline, which prompt language, which LoRAs at what weight, trigger or not."""
     label: str
     pipeline: str                      # a key of the `pipes` given to `evaluate_cases`
-    language: str = "ko"               # prompt files: ko_heldout / ko_seen or en_heldout / en_seen
+    language: str = "ko"               # prompt files {language}_heldout / _seen: ko, en or en_ink (ink-wash asked)
     loras: dict = field(default_factory=dict)
     trigger: bool = False              # add the LoRAs' trigger words (or `trigger_text`) to every prompt
     trigger_text: str | None = None    # another trigger than the LoRA's own (the English LoRA behind the student)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -79,7 +79,9 @@ class WorldConfig:
     heldout: list[list[str]] = field(
         default_factory=lambda: [["red", "star"], ["blue", "heart"], ["green", "triangle"], ["yellow", "square"], ["purple", "circle"], ["black", "star"]]
     )
-    styles: list[str] = field(default_factory=lambda: ["plain"])  # styles the base generator sees; ink is the LoRA's
+    # styles of the corpus and the evaluation prompts: the students learn plain captions only, so a Korean style word
+    # is new to them (what a LoRA's trigger binds); the UNet's own styles are UNetConfig.styles
+    styles: list[str] = field(default_factory=lambda: ["plain"])
     position_in_caption: float = 0.85  # share of captions that say where the shape is
 
     @classmethod
@@ -523,13 +525,18 @@ def ensure_classifier(params: dict, root: str | Path = "outputs/mini") -> Path:
 
 
 def ensure_eval_prompts(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
-    """Evaluation TSVs for seen and held-out colour-shape pairs, in English and Korean, for the same scenes."""
+    """Evaluation TSVs for seen and held-out colour-shape pairs, in English and Korean, for the same scenes; and
+    English ones asking for those scenes in each other style (`en_ink_seen`: "an ink wash painting of ...")."""
     world = WorldConfig.from_params(params.get("world"))
     n = params.get("evaluate", {}).get("n_prompts", 200)
     seed = params.get("seed", 0) + 555
+    prompts_dir = Path(root) / "prompts"
     out = {}
     for split in ("seen", "heldout"):
         scenes = sample_scenes(n, seed, world, split=split)
         for lang in ("en", "ko"):
-            out[f"{lang}_{split}"] = write_prompt_tsv(Path(root) / "prompts" / f"{lang}_{split}.tsv", scenes, lang, seed, world)
+            out[f"{lang}_{split}"] = write_prompt_tsv(prompts_dir / f"{lang}_{split}.tsv", scenes, lang, seed, world)
+        for style in (s for s in STYLES if s not in world.styles):
+            styled = [replace(scene, style=style) for scene in scenes]
+            out[f"en_{style}_{split}"] = write_prompt_tsv(prompts_dir / f"en_{style}_{split}.tsv", styled, "en", seed, world)
     return out

@@ -21,8 +21,9 @@
 # * **teacher** — a tiny `transformers.CLIPModel` (text + vision towers) trained contrastively on rendered shapes and
 #   their English captions, with an English-only byte-level BPE tokenizer and CLIP's 77-position context;
 # * **generator** — a `diffusers.StableDiffusionPipeline` of a tiny `AutoencoderKL`, a tiny `UNet2DConditionModel`
-#   trained on the frozen teacher's `last_hidden_state` (10% empty prompts, for classifier-free guidance), and the
-#   teacher's `CLIPTextModel` + tokenizer, saved to `outputs/mini/sd/` with `save_pretrained`.
+#   trained on the frozen teacher's `last_hidden_state` (10% empty prompts, for classifier-free guidance) of plain
+#   and ink-wash scenes, and the teacher's `CLIPTextModel` + tokenizer, saved to `outputs/mini/sd/` with
+#   `save_pretrained`.
 #
 # Everything is cached under `outputs/mini/` by config: re-running does not retrain unless the params changed.
 
@@ -107,6 +108,22 @@ table, images = evaluate.evaluate_prompt_files(
                        "Korean, seen": prompt_files["ko_seen"], "Korean, held-out": prompt_files["ko_heldout"]}, **eval_kwargs)
 metrics["generator"] = table.to_dict(orient="index")
 table.round(3)
+
+# %% [markdown]
+# The UNet learned a second style too (`unet.styles` in the profile): English captions that ask for it ("an ink wash
+# painting of …") get ink-wash, in the colour and shape asked for, as SD 1.5 draws ink painting when a prompt says
+# so. "style acc" is the share the classifier reads as ink-wash. The Korean corpus has plain captions only, so the
+# students never learn a Korean word for the style: notebook 04 binds one (백묘법) with a LoRA.
+
+# %%
+styled, styled_images = evaluate.evaluate_prompt_files(
+    pipe, classifier, {"English ink-wash caption, seen": prompt_files["en_ink_seen"],
+                       "English ink-wash caption, held-out": prompt_files["en_ink_heldout"]}, **eval_kwargs)
+metrics["generator_ink_captions"] = styled.to_dict(orient="index")
+styled.round(3)
+
+# %%
+evaluate.image_grid(*[part[:16] for part in styled_images["English ink-wash caption, held-out"]], cols=8)
 
 # %% [markdown]
 # Classifier-free guidance on the held-out English prompts: colour is best between 3 and 5, at 7.5 the small

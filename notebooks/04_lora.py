@@ -23,6 +23,10 @@
 # DreamBooth-style prior preservation (without its trigger, the LoRA'd UNet must give the base UNet's prediction),
 # files in diffusers' and kohya/A1111's layouts, and a registry by name. Then the numbers: how often the classifier
 # calls an image ink-wash with and without the trigger, and whether colour and shape survive.
+#
+# As SD 1.5 draws ink painting when an English prompt asks for it, the mini generator's UNet draws ink-wash for
+# English captions that name it (notebook 01b). The Korean student was distilled on plain captions only and reads
+# 백묘법 as three unknown tokens: the LoRA has to tie that word to the rendering the UNet already has.
 
 # %% tags=["parameters"]
 params_file = "params/mini.yaml"
@@ -85,7 +89,8 @@ plt.tight_layout()
 # %% [markdown]
 # ## Style rate and content, on Korean prompts
 # Held-out and seen colour–shape pairs (`n_prompts` of each), one image per prompt, same seeds in every row. The style
-# rate is the share of images the attribute classifier calls ink-wash. Rows: the Korean pipeline without LoRA; with
+# rate is the share of images the attribute classifier calls ink-wash. Rows: the English pipeline asked for ink-wash
+# in English (no LoRA: what the base UNet draws); the Korean pipeline without LoRA; with
 # the `ink` LoRA without and with the trigger; the seed's English LoRA (`ink-en`, trained on English captions behind
 # the English teacher) on the English pipeline with English prompts (as trained), then behind the Korean student on
 # Korean prompts, with no trigger, with the Korean trigger and with its own English trigger words.
@@ -100,6 +105,7 @@ pipes = {"korean": load_korean_pipeline(sd=paths["sd"], text_encoder=ensure_stud
          "english": evaluate.load_pipeline(paths["sd"])}
 en_trigger = registry.get("ink-en")["trigger"]
 cases = [
+    lora.StyleCase("English pipeline, English ink-wash caption, no LoRA", "english", "en_ink"),
     lora.StyleCase("Korean pipeline, no LoRA", "korean"),
     lora.StyleCase("+ ink, no trigger", "korean", loras={"ink": 1.0}),
     lora.StyleCase("+ ink, trigger 백묘법", "korean", loras={"ink": 1.0}, trigger=True),
@@ -118,10 +124,10 @@ print(f"{len(cases)} rows in {time.time() - started:.0f} s")
 table.style.format("{:.1%}")
 
 # %% [markdown]
-# Colour in the ink-wash images falls, and at lower LoRA weights the style goes before the colour comes back. Is it the
-# judge? It is trained on the mini VAE's round-trips as well as on renders (notebook 01), so it reads *real* ink-wash
-# scenes after the VAE's encode and decode (what any generator decoding through it can show) nearly as well as a
-# fresh colour probe trained on such round-trips alone: the judge is not what loses the colour.
+# How much colour can an ink-wash image keep? Two references besides the table's first row (the base UNet asked for
+# ink-wash in English): *real* ink-wash scenes after the mini VAE's encode and decode (what any generator decoding
+# through it can show), read by the judge (trained on such round-trips as well as on renders, notebook 01) and by a
+# fresh colour probe trained on round-trips alone.
 
 # %%
 from diffusers import AutoencoderKL  # noqa: E402
@@ -133,11 +139,11 @@ ceiling["colour probe trained on round-trips"] = {"ink": evaluate.vae_round_trip
 ceiling.style.format("{:.1%}", na_rep="")
 
 # %% [markdown]
-# Which colours the LoRA loses, per colour the prompt asks for (held-out and seen prompts together, the table's
-# images), and what the judge reads instead:
+# Which colours the ink-wash images lose, per colour the prompt asks for (held-out and seen prompts together, the
+# table's images), and what the judge reads instead:
 
 # %%
-by_colour = lora.attribute_breakdown(evaluated, "color", [cases[0].label, cases[2].label])
+by_colour = lora.attribute_breakdown(evaluated, "color", [case.label for case in cases[:4]])
 by_colour
 
 # %% [markdown]

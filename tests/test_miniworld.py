@@ -71,6 +71,22 @@ def test_render_is_seeded_and_heldout_split():
         mw.Scene("teal", "star", "top")
 
 
+def test_eval_prompts_ask_for_the_same_scenes_in_ink_wash_in_english(tmp_path):
+    """The English ink-wash prompt files describe the scenes of the plain ones, with the style named and asked for;
+    Korean ones are not written (the corpus, and so the students, have plain captions only)."""
+    from koclip_lib.evaluate import read_prompt_tsv
+
+    files = mw.ensure_eval_prompts({"evaluate": {"n_prompts": 40}}, tmp_path)
+    assert set(files) == {f"{kind}_{split}" for kind in ("en", "ko", "en_ink") for split in ("seen", "heldout")}
+    for split in ("seen", "heldout"):
+        plain, ink = read_prompt_tsv(files[f"en_{split}"]), read_prompt_tsv(files[f"en_ink_{split}"])
+        assert len(plain) == len(ink) == 40
+        for p, i in zip(plain, ink):
+            assert p.attributes["style"] == "plain" and i.attributes["style"] == "ink"
+            assert (p.attributes["color"], p.attributes["shape"]) == (i.attributes["color"], i.attributes["shape"])
+            assert re.search(r"\bink\b", i.prompt) and not re.search(r"\bink\b", p.prompt), (p.prompt, i.prompt)
+
+
 def test_aihub_csv_builds_through_the_corpus_builder(tmp_path):
     from koclip_lib.corpus import build_corpus, load_corpus
 

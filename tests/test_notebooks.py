@@ -73,13 +73,20 @@ def test_english_generator_targets(run_dir):
     unseen colour-shape pairs varies from one training run to another far more than on seen pairs: the seeded job
     reached 86.5% / 73% when its kernels trained on two threads and 77.5% / 76% on one thread (the runner now pins
     one, so `make all` and CI train the same models; README, outputs/metrics/01b_generator.json). So this test
-    guards what the job reaches, with a margin, rather than the target.
+    guards what the job reaches, with a margin, rather than the target (the UNet of plain and ink-wash scenes:
+    85% / 82.5%). It also learned ink-wash from captions that name it: the job draws all of them ink-wash, at 82% /
+    85.5% colour (held-out / seen).
     """
-    g = _metrics(run_dir, "01b_generator")["generator"]
+    m = _metrics(run_dir, "01b_generator")
+    g, ink = m["generator"], m["generator_ink_captions"]
     assert g["English, seen"]["color acc"] >= 0.90 and g["English, seen"]["shape acc"] >= 0.90, g
     assert g["English, held-out"]["color acc"] >= 0.70 and g["English, held-out"]["shape acc"] >= 0.65, g
     for pairs in ("seen", "held-out"):
         assert g[f"Korean, {pairs}"]["color acc"] < 0.5 * g[f"English, {pairs}"]["color acc"], g
+        # the style follows the caption: plain prompts plain, ink-wash captions ink-wash and still in their colour
+        assert g[f"English, {pairs}"]["style acc"] >= 0.95, g
+        styled = ink[f"English ink-wash caption, {pairs}"]
+        assert styled["style acc"] >= 0.9 and styled["color acc"] >= 0.7, styled
 
 
 def test_distillation_targets(run_dir):
@@ -88,7 +95,7 @@ def test_distillation_targets(run_dir):
     trained colour-shape pairs.
 
     The issue's target is >= 90% of the teacher's English accuracy on held-out pairs, for colour and for shape. The
-    seeded main job reaches 108% for colour and 95% for shape (the unet objective; README,
+    seeded main job reaches 105% for colour and 92% for shape (the unet objective; README,
     outputs/metrics/02_distill.json): the colour bound is the target, the shape bound keeps a margin of a few images
     of the 200 below what the job reaches.
     """
@@ -171,7 +178,7 @@ def test_optimize_targets(run_dir):
     every request was either accepted or answered 429/503 at once; p99 of accepted jobs is below the deadline. The
     benchmark: the optimised settings are faster than the baseline timed with them, with attribute accuracy held.
     The test runs the benchmark in --quick mode (4 prompts, no torch.compile) under other load, so the speed bounds
-    are conservative: the committed full run reaches 8.1x at batch 1 and 18.2x at batch 8 (outputs/bench/mini-cpu.md),
+    are conservative: the committed full run reaches 8.3x at batch 1 and 20.9x at batch 8 (outputs/bench/mini-cpu.md),
     a quick run about 5x and 12x, mostly from 8 DPM-Solver++ steps instead of 50 PNDM steps."""
     m = _metrics(run_dir, "05_optimize")
     plain, killed = m["loadtest"], m["kill_restart"]
@@ -198,9 +205,9 @@ def test_lora_targets(run_dir):
     """Notebook 04 (issue 6), read from its metrics: with the ink LoRA loaded, the trigger 백묘법 switches the ink-wash
     style on (>= 80% of images) and without it the style stays off (<= 20%), on held-out and on seen colour-shape
     pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA. Colour *with* the trigger
-    is not asserted: the issue asks for it within 10 points too, and the main job misses that by far (README). The
-    English LoRA (teacher captions) is measured behind the student too, not asserted against: it is the seed's
-    observation, reported."""
+    is not asserted: the issue asks for it within 10 points too, and the main job meets that on held-out pairs (80.5%
+    vs 89.5%) but not on seen ones (79.0% vs 98.5%; README). The English LoRA (teacher captions) is measured behind
+    the student too, not asserted against: it is the seed's observation, reported."""
     m = _metrics(run_dir, "04_lora")
     t = m["table"]
     base, off, on = t["Korean pipeline, no LoRA"], t["+ ink, no trigger"], t["+ ink, trigger 백묘법"]
