@@ -79,11 +79,19 @@ def _cached_artifact(out_dir: Path, config: dict, build: Callable[[Path], Any], 
     return out_dir
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a process reading the file at the
+    same time (two notebooks under `pytest -n 2`) sees the old or the new content, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
     return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n")
 
 
 def log_yscale(ax) -> None:

@@ -385,8 +385,8 @@ def ensure_generator(params: dict, root: str | Path = "outputs/mini") -> dict[st
     world = mw.WorldConfig.from_params(params.get("world"))
     u_cfg = UNetConfig(**params.get("unet", {}))
     paths = {"teacher": ensure_teacher(params, root), "vae": ensure_vae(params, root)}
-    paths["classifier"] = mw.ensure_classifier(params, root)
     paths["sd"] = cached_artifact(root / "sd", generator_keys(params)["sd"], lambda d: _train_sd(d, world, u_cfg, paths))
+    paths["classifier"] = mw.ensure_classifier(params, root)  # after the UNet, which does not need it (build lanes)
     return paths
 
 

@@ -7,6 +7,7 @@ Read top to bottom: vocabulary -> scenes -> renderer -> captions -> parallel cor
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 from dataclasses import asdict, dataclass, field, replace
@@ -322,18 +323,18 @@ def write_prompt_tsv(path: str | Path, scenes: Iterable[Scene], lang: str, seed:
 
     The position column is filled only when the prompt states it, so an unstated place is not scored.
     """
+    from .common import write_text_atomic
+
     rng = random.Random(seed)
     caption = {"en": caption_en, "ko": caption_ko}[lang]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["prompt", "color", "shape", "position", "style"])
-        for scene in scenes:
-            text = caption(scene, rng, world)
-            position = scene.position if caption_mentions_position(scene, text) else ""
-            writer.writerow([text, scene.color, scene.shape, position, scene.style])
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(["prompt", "color", "shape", "position", "style"])
+    for scene in scenes:
+        text = caption(scene, rng, world)
+        position = scene.position if caption_mentions_position(scene, text) else ""
+        writer.writerow([text, scene.color, scene.shape, position, scene.style])
+    return write_text_atomic(path, buffer.getvalue())  # every notebook rewrites these files; others may be reading
 
 
 # ---------------------------------------------------------------------------------------------------------------

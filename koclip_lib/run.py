@@ -64,14 +64,16 @@ def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "p
     return target
 
 
-# What the notebooks train, as two lanes that run side by side (`--build --jobs 2`), one process and one thread each.
-# The second lane trains the two students that need only the teacher while the first trains the VAE and the UNet,
-# then the English LoRA and notebook 02b's real-text students while the first trains the unet student and the LoRA;
-# a lane that reaches an artifact the other is building waits for it (`common.cached_artifact` locks). Every step
-# is an `ensure_*` call the notebooks make too, so they then find the models cached.
+# What the notebooks train, as two lanes that run side by side (`--build --jobs 2`), one process and one thread each,
+# ordered so that neither waits long: the chain VAE -> UNet -> unet student -> Korean LoRA is the longest, so the
+# first lane trains only that, while the second trains the teacher (the UNet waits for it, briefly), the sequence
+# student (where the unet stage starts), then everything else. A lane that reaches an artifact the other is building
+# waits for it (`common.cached_artifact` locks). Every step is an `ensure_*` call the notebooks make too, so they then
+# find the models cached.
 BUILD_LANES = (
-    ("generator", "translator", "from_scratch", "sweep_versions", "students", "loras"),
-    ("teacher_students", "teacher_loras", "realtext"),
+    ("vae", "generator", "students", "loras"),
+    ("teacher", "teacher_students", "classifier", "translator", "from_scratch", "sweep_versions", "teacher_loras",
+     "realtext"),
 )
 
 
@@ -91,17 +93,22 @@ def build_realtext(profile: dict) -> None:
 
 
 def build_step(step: str, params: dict, root: Path) -> None:
-    from . import bench, distill, generator, lora, translate
+    from . import bench, distill, generator, lora, miniworld, translate
 
+    objectives = params.get("distill", {}).get("objectives", [])
     steps = {
+        "teacher": lambda: generator.ensure_teacher(params, root),
+        "vae": lambda: generator.ensure_vae(params, root),
+        "classifier": lambda: miniworld.ensure_classifier(params, root),
         "generator": lambda: generator.ensure_generator(params, root),
         "translator": lambda: translate.ensure_translator(params, root),
         "from_scratch": lambda: bench.ensure_from_scratch_probe(
             params, root, epochs=params.get("feasibility", {}).get("from_scratch_epochs", 1)),
         "sweep_versions": lambda: generator.resolve_sd_versions(params, root),
+        # the students that need only the teacher, the sequence student first: the unet stage starts from it
         "teacher_students": lambda: distill.ensure_students(
-            params, root, [o for o in params.get("distill", {}).get("objectives", []) if o != "unet"]),
-        "students": lambda: distill.ensure_students(params, root),
+            params, root, sorted((o for o in objectives if o != "unet"), key=lambda o: o != "sequence")),
+        "students": lambda: distill.ensure_students(params, root, [o for o in objectives if o in ("sequence", "unet")]),
         "loras": lambda: lora.ensure_loras(params, root),
         "teacher_loras": lambda: lora.ensure_loras(  # the LoRAs trained behind the English teacher need no student
             params, root, [a["name"] for a in params.get("lora", {}).get("adapters", []) if a.get("text_encoder") == "teacher"]),

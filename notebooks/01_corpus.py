@@ -32,7 +32,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import koreanize_matplotlib  # noqa: F401  (Korean labels in plots)
 
-from koclip_lib import corpus, miniworld
+from diffusers import AutoencoderKL
+
+from koclip_lib import corpus, generator, miniworld
 from koclip_lib.common import load_params, write_json
 
 params = {**load_params(params_file), **overrides}
@@ -43,7 +45,9 @@ metrics = {}
 # %% [markdown]
 # ## The mini world's vocabulary
 # Eight colours, five shapes, five positions and two styles, each with several Korean surface forms.
-# The ink-wash style (`백묘법`) is drawn now but kept out of the base generator: it is what a LoRA learns later.
+# The ink-wash style (`백묘법`): the English generator of notebook 01b learns to draw it when a caption names it
+# ("an ink wash painting of …"), as SD 1.5 knows ink painting; the Korean student has no word for it, and the
+# LoRA of notebook 04 ties the trigger word `백묘법` to it.
 
 # %%
 pd.DataFrame([(k, name, ", ".join(forms)) for k, table in
@@ -119,14 +123,20 @@ else:
 # it is trained on fresh renders (all combinations, both styles, with blur and noise). Generated images come out of
 # the generator's VAE, which shifts colours, most of all in ink-wash washes, so half of its training images are the
 # render after the mini VAE's encode and decode (`classifier.round_trip_prob`; the VAE of notebook 01b is trained
-# first when it is not cached). Tested on renders with unseen seeds, as rendered and after the VAE.
+# first when it is not cached). Tested on renders with unseen seeds, as rendered and after the VAE; the last row is
+# ink-wash scenes alone after the VAE, the hardest colours to read and the ceiling for every ink-wash image the
+# generator draws (notebooks 01b and 04).
 
 # %%
 clf_dir = miniworld.ensure_classifier(params, root)
 clf_metrics = json.loads((clf_dir / "classifier.json").read_text(encoding="utf-8"))
+vae = AutoencoderKL.from_pretrained(generator.ensure_vae(params, root)).eval()
 metrics["classifier_test_accuracy"] = clf_metrics["test_accuracy"]
 metrics["classifier_round_trip_accuracy"] = clf_metrics.get("round_trip_accuracy")
-pd.DataFrame({"renders": clf_metrics["test_accuracy"], "VAE round-trips": clf_metrics.get("round_trip_accuracy")}).T
+metrics["classifier_ink_round_trip_accuracy"] = miniworld.classifier_accuracy(
+    miniworld.load_classifier(clf_dir), world, n=2000, seed=params.get("seed", 0) + 1, vae=vae, styles=["ink"])
+pd.DataFrame({"renders": metrics["classifier_test_accuracy"], "VAE round-trips": metrics["classifier_round_trip_accuracy"],
+              "ink-wash VAE round-trips": metrics["classifier_ink_round_trip_accuracy"]}).T
 
 # %%
 write_json(Path(params["metrics_dir"]) / "01_corpus.json", metrics)

@@ -11,6 +11,14 @@ import pytest
 from koclip_lib.run import list_notebooks, run_notebook
 
 NOTEBOOKS = list_notebooks()
+# `make test` runs pytest in two workers (pytest-xdist, --dist loadgroup): a notebook and the checks of its metrics
+# share an xdist group, so they run in one worker, in file order. 02 -> 03 -> 05 share one group, as each reads what
+# the one before saved: 02 picks outputs/mini/student, 03 saves outputs/mini/korean_sd with it, 05 serves that.
+CHAINED = ("02_distill", "03_sd_sweep", "05_optimize")
+
+
+def group(stem: str) -> pytest.MarkDecorator:
+    return pytest.mark.xdist_group("+".join(CHAINED) if stem in CHAINED else stem)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +47,7 @@ def test_kernels_train_on_one_thread_so_runs_reproduce(tmp_path):
     assert "threads 1\n" in printed
 
 
-@pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("source", [pytest.param(p, marks=group(p.stem), id=p.stem) for p in NOTEBOOKS])
 def test_notebook_executes(source, run_dir, mini_params):
     overrides = {"metrics_dir": str(run_dir / "metrics"), "figures_dir": str(run_dir / "figures")}
     if source.stem == "05_optimize":  # the quick benchmark (4 prompts, no torch.compile on CPU: ~30 s, not ~5 min)
@@ -59,12 +67,16 @@ def _metrics(run_dir, name):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@group("01_corpus")
 def test_corpus_and_classifier_targets(run_dir):
     m = _metrics(run_dir, "01_corpus")
     assert m["mini_corpus"]["kept"] > 1000
     assert all(v >= 0.98 for v in m["classifier_test_accuracy"].values())
+    # ink-wash washes after the VAE: the hardest colours, and the ceiling for every ink-wash image the generator draws
+    assert m["classifier_ink_round_trip_accuracy"]["color"] >= 0.95, m["classifier_ink_round_trip_accuracy"]
 
 
+@group("01b_generator")
 def test_english_generator_targets(run_dir):
     """The generator follows English prompts on colour-shape pairs it was trained on; on held-out pairs it stays well
     above chance (1/8 colour, 1/5 shape) and Korean prompts on the same English-only pipeline fall to about chance.
@@ -73,9 +85,9 @@ def test_english_generator_targets(run_dir):
     unseen colour-shape pairs varies from one training run to another far more than on seen pairs: the seeded job
     reached 86.5% / 73% when its kernels trained on two threads and 77.5% / 76% on one thread (the runner now pins
     one, so `make all` and CI train the same models; README, outputs/metrics/01b_generator.json). So this test
-    guards what the job reaches, with a margin, rather than the target (the UNet of plain and ink-wash scenes:
-    85% / 82.5%). It also learned ink-wash from captions that name it: the job draws all of them ink-wash, at 82% /
-    85.5% colour (held-out / seen).
+    guards what the job reaches, with a margin, rather than the target (the UNet of plain and ink-wash scenes, with
+    the 1,500-step VAE: 83% / 86.5%). It also learned ink-wash from captions that name it: the job draws all of them
+    ink-wash, at 94% / 87% colour (held-out / seen).
     """
     m = _metrics(run_dir, "01b_generator")
     g, ink = m["generator"], m["generator_ink_captions"]
@@ -89,13 +101,14 @@ def test_english_generator_targets(run_dir):
         assert styled["style acc"] >= 0.9 and styled["color acc"] >= 0.7, styled
 
 
+@group("02_distill")
 def test_distillation_targets(run_dir):
     """All three objectives and the raw baseline are measured; distilling the whole sequence is what makes the
     generator read Korean (the seed's pooled-only loss stays near chance); the best student matches the teacher on
     trained colour-shape pairs.
 
     The issue's target is >= 90% of the teacher's English accuracy on held-out pairs, for colour and for shape. The
-    seeded main job reaches 105% for colour and 92% for shape (the unet objective; README,
+    seeded main job reaches 104% for colour and 101% for shape (the unet objective; README,
     outputs/metrics/02_distill.json): the colour bound is the target, the shape bound keeps a margin of a few images
     of the 200 below what the job reaches.
     """
@@ -119,6 +132,7 @@ def test_distillation_targets(run_dir):
     assert students["student · sequence"]["seq_cosine"] > 0.9 > students["student · pooled"]["seq_cosine"]
 
 
+@group("00_feasibility")
 def test_feasibility_numbers(run_dir):
     """(a) and (b) are measured on the same prompts in one run; the student's text conditioning is faster than
     translating then encoding; (c) was measured for one epoch and its estimate covers more than that."""
@@ -134,6 +148,7 @@ def test_feasibility_numbers(run_dir):
     assert scratch["unet"]["steps"] < scratch["unet"]["steps_to_quality"]  # stopped, as the option says
 
 
+@group("03_sd_sweep")
 def test_sd_sweep_rows(run_dir):
     """Every SD 1.x checkpoint takes the student; SD 2.x / SDXL / SD 3 cells hold the compatibility error; the saved
     Korean pipeline scores through the evaluate CLI."""
@@ -149,6 +164,7 @@ def test_sd_sweep_rows(run_dir):
     assert m["korean_sd_cli"]["images"] > 0 and m["korean_sd_cli"]["accuracy"]["color"] > 0.5
 
 
+@group("02b_realtext")
 def test_realtext_targets(run_dir):
     """Notebook 02b: without ../shared it names what is missing; with it, every row of the FLORES-200 devtest table is
     measured on all 1012 pairs, FLORES is not in the training corpus, and the students beat the raw teacher reading
@@ -171,6 +187,7 @@ def test_realtext_targets(run_dir):
     assert best["cos_to_teacher_en"] >= 2.5 * raw["cos_to_teacher_en"], (best, raw)
 
 
+@group("05_optimize")
 def test_optimize_targets(run_dir):
     """Notebook 05 (issue 7), read from its metrics. The service: 200 requests at concurrency 32 against the mini
     Korean pipeline lose no accepted job, with and without a kill -9 and a restart on the same job store (which really
@@ -178,7 +195,7 @@ def test_optimize_targets(run_dir):
     every request was either accepted or answered 429/503 at once; p99 of accepted jobs is below the deadline. The
     benchmark: the optimised settings are faster than the baseline timed with them, with attribute accuracy held.
     The test runs the benchmark in --quick mode (4 prompts, no torch.compile) under other load, so the speed bounds
-    are conservative: the committed full run reaches 8.3x at batch 1 and 20.9x at batch 8 (outputs/bench/mini-cpu.md),
+    are conservative: the committed full run reaches 8.3x at batch 1 and 21.6x at batch 8 (outputs/bench/mini-cpu.md),
     a quick run about 5x and 12x, mostly from 8 DPM-Solver++ steps instead of 50 PNDM steps."""
     m = _metrics(run_dir, "05_optimize")
     plain, killed = m["loadtest"], m["kill_restart"]
@@ -201,20 +218,26 @@ def test_optimize_targets(run_dir):
     assert b["text_conditioning"]["ratio_generate_to_student"] > 1, b["text_conditioning"]
 
 
+@group("04_lora")
 def test_lora_targets(run_dir):
     """Notebook 04 (issue 6), read from its metrics: with the ink LoRA loaded, the trigger 백묘법 switches the ink-wash
     style on (>= 80% of images) and without it the style stays off (<= 20%), on held-out and on seen colour-shape
-    pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA. Colour *with* the trigger
-    is not asserted: the issue asks for it within 10 points too, and the main job meets that on held-out pairs (80.5%
-    vs 89.5%) but not on seen ones (79.0% vs 98.5%; README). The English LoRA (teacher captions) is measured behind
-    the student too, not asserted against: it is the seed's observation, reported."""
+    pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA, and so does colour with
+    the trigger on held-out pairs. On seen pairs the issue's "with the trigger, within 10 points" is not asserted: the
+    main job misses it (87.0% vs 99.5%; README), because ink-wash itself costs colour there. What is asserted instead:
+    on seen pairs, with the trigger, colour stays within 5 points of what the base UNet draws when an English caption
+    asks for ink-wash (87.0% too), so the LoRA adds no colour loss of its own. The English LoRA (teacher captions) is measured
+    behind the student too, not asserted against: it is the seed's observation, reported."""
     m = _metrics(run_dir, "04_lora")
     t = m["table"]
     base, off, on = t["Korean pipeline, no LoRA"], t["+ ink, no trigger"], t["+ ink, trigger 백묘법"]
+    english_ink = t["English pipeline, English ink-wash caption, no LoRA"]
     for split in ("held-out", "seen"):
         assert on[f"{split} style rate"] >= 0.8 and off[f"{split} style rate"] <= 0.2, (split, on, off)
         assert off[f"{split} color"] >= base[f"{split} color"] - 0.10, (split, off, base)
         assert base[f"{split} style rate"] <= 0.05, base
+    assert on["held-out color"] >= base["held-out color"] - 0.10, (on, base)
+    assert on["seen color"] >= english_ink["seen color"] - 0.05, (on, english_ink)
     assert any(k.startswith("Korean pipeline + ink-en") for k in t)
     assert sum(row["prompts"] for row in m["colour_breakdown"].values()) == 2 * m["n_prompts"]  # both splits, by colour
     files = m["files"]
