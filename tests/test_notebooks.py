@@ -21,7 +21,7 @@ def group(stem: str) -> pytest.MarkDecorator:
     return pytest.mark.xdist_group("+".join(CHAINED) if stem in CHAINED else stem)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: a worker that runs another file's test in between would make a new one
 def run_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
