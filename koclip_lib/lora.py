@@ -527,6 +527,18 @@ def prompts_with_trigger(prompts: Sequence[str], entry: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point: each LoRA of the profile trained once, cached by config; a registry of all of them
 # ---------------------------------------------------------------------------------------------------------------
+def adapter_config(section: dict, adapter: dict) -> LoraTrainConfig:
+    """The training settings of one entry of `lora.adapters`: the section's `defaults`, under the adapter's own."""
+    return LoraTrainConfig.from_params({**section.get("defaults", {}), **adapter})
+
+
+def artifact_key(params: dict, adapter: dict, base_hash: str, student_hash: str | None) -> dict:
+    """What a trained LoRA depends on: its base, its text encoder, its entry, the world, and the training settings in
+    effect (not the raw defaults: a default the adapter overrides retrains nothing)."""
+    cfg = adapter_config(params.get("lora", {}), adapter)
+    return {"base": base_hash, "student": student_hash, "adapter": adapter, "config": asdict(cfg), "world": params.get("world")}
+
+
 def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequence[str] | None = None) -> Path:
     """Train (or reuse) every LoRA in the profile's `lora.adapters` (or those in `names`); returns the registry file.
 
@@ -547,12 +559,11 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequenc
         name = adapter["name"]
         if names is not None and name not in names:
             continue
-        cfg = LoraTrainConfig.from_params({**section.get("defaults", {}), **adapter})
+        cfg = adapter_config(section, adapter)
         encoder = adapter.get("text_encoder", "student")
         student = ensure_students(params, root)[section.get("student", "unet")] if encoder == "student" else None
         student_hash = json.loads((student / "artifact.json").read_text())["config_hash"] if student else None
-        key = {"base": base_hash, "student": student_hash, "adapter": adapter, "defaults": section.get("defaults", {}),
-               "world": params.get("world")}
+        key = artifact_key(params, adapter, base_hash, student_hash)
 
         def build(d, adapter=adapter, cfg=cfg, student=student):
             position = adapter.get("trigger_position", "end")

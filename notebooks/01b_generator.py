@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -126,9 +128,8 @@ styled.round(3)
 evaluate.image_grid(*[part[:16] for part in styled_images["English ink-wash caption, held-out"]], cols=8)
 
 # %% [markdown]
-# Classifier-free guidance on the held-out English prompts: colour is best between 3 and 5, at 7.5 the small
-# generator over-saturates (colour and style accuracy fall), at 1 it follows the prompt least. The profile's
-# `evaluate.guidance_scale` (3) comes from this sweep.
+# Classifier-free guidance on the held-out English prompts: colour is best between 3 and 5, at 7.5 colour and shape
+# fall again, at 1 it follows the prompt least. The profile's `evaluate.guidance_scale` (3) comes from this sweep.
 
 # %%
 sweep = evaluate.guidance_sweep(pipe, classifier, prompt_files["en_heldout"], scales=(1.0, 2.0, 3.0, 5.0, 7.5),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from koclip_lib import lora
+from koclip_lib.common import REPO_ROOT, load_params
 from koclip_lib import miniworld as mw
 
 SEED = 1147446245
@@ -263,3 +264,15 @@ def test_colour_breakdown_counts_the_images_of_the_style_table(trained, korean_p
         assert overall == pytest.approx((table.loc[case.label, "held-out color"] + table.loc[case.label, "seen color"]) / 2)
         assert set(by_colour[f"{case.label}: read as"]) <= set(mw.COLORS)
     assert np.array_equal(image(korean_pipe), before)  # the LoRAs are off again
+
+
+def test_cache_key_follows_the_settings_in_effect_not_the_defaults_an_adapter_overrides():
+    params = load_params(REPO_ROOT / "params" / "mini.yaml")
+    adapters = {a["name"]: a for a in params["lora"]["adapters"]}
+    assert adapters["ink-en"]["preservation_weight"] == 0.0 and "preservation_weight" not in adapters["ink"]
+    before = {name: lora.artifact_key(params, a, "base", None) for name, a in adapters.items()}
+    params["lora"]["defaults"]["preservation_weight"] += 1.0
+    after = {name: lora.artifact_key(params, a, "base", None) for name, a in adapters.items()}
+    assert after["ink-en"] == before["ink-en"]  # it overrides the weight: same LoRA, nothing to retrain
+    assert after["ink"] != before["ink"]
+    assert after["ink"]["config"]["preservation_weight"] == before["ink"]["config"]["preservation_weight"] + 1.0

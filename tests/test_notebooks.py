@@ -78,21 +78,20 @@ def test_corpus_and_classifier_targets(run_dir):
 
 @group("01b_generator")
 def test_english_generator_targets(run_dir):
-    """The generator follows English prompts on colour-shape pairs it was trained on; on held-out pairs it stays well
-    above chance (1/8 colour, 1/5 shape) and Korean prompts on the same English-only pipeline fall to about chance.
+    """The generator follows English prompts on colour-shape pairs it was trained on, and on held-out pairs reaches
+    the issue's target (colour >= 90%, shape >= 75%); Korean prompts on the same English-only pipeline fall to about
+    chance (1/8 colour, 1/5 shape).
 
-    The issue's target for held-out pairs is colour >= 90% and shape >= 75%. How far the generator generalises to
-    unseen colour-shape pairs varies from one training run to another far more than on seen pairs: the seeded job
-    reached 86.5% / 73% when its kernels trained on two threads and 77.5% / 76% on one thread (the runner now pins
-    one, so `make all` and CI train the same models; README, outputs/metrics/01b_generator.json). So this test
-    guards what the job reaches, with a margin, rather than the target (the UNet of plain and ink-wash scenes, with
-    the 1,500-step VAE: 83% / 86.5%). It also learned ink-wash from captions that name it: the job draws all of them
-    ink-wash, at 94% / 87% colour (held-out / seen).
+    How far a generator generalises to unseen colour-shape pairs depends on its training far more than on seen pairs:
+    the UNet of plain and ink-wash scenes at 2,500 steps reached 83.0% / 86.5% held-out, at 4,000 steps (the profile)
+    94.0% / 90.5% (README, outputs/metrics/01b_generator.json). The runner pins one torch thread, so `make all` and
+    CI train the same models. It also learned ink-wash from captions that name it: the job draws all of them
+    ink-wash, at 96.5% / 93.0% colour (held-out / seen).
     """
     m = _metrics(run_dir, "01b_generator")
     g, ink = m["generator"], m["generator_ink_captions"]
     assert g["English, seen"]["color acc"] >= 0.90 and g["English, seen"]["shape acc"] >= 0.90, g
-    assert g["English, held-out"]["color acc"] >= 0.70 and g["English, held-out"]["shape acc"] >= 0.65, g
+    assert g["English, held-out"]["color acc"] >= 0.90 and g["English, held-out"]["shape acc"] >= 0.75, g
     for pairs in ("seen", "held-out"):
         assert g[f"Korean, {pairs}"]["color acc"] < 0.5 * g[f"English, {pairs}"]["color acc"], g
         # the style follows the caption: plain prompts plain, ink-wash captions ink-wash and still in their colour
@@ -108,9 +107,8 @@ def test_distillation_targets(run_dir):
     trained colour-shape pairs.
 
     The issue's target is >= 90% of the teacher's English accuracy on held-out pairs, for colour and for shape. The
-    seeded main job reaches 104% for colour and 101% for shape (the unet objective; README,
-    outputs/metrics/02_distill.json): the colour bound is the target, the shape bound keeps a margin of a few images
-    of the 200 below what the job reaches.
+    seeded main job reaches 103% for colour and 91% for shape (the unet objective; README,
+    outputs/metrics/02_distill.json): both bounds are the target.
     """
     m = _metrics(run_dir, "02_distill")
     image = {key: row for key, row in m["image"].items()}
@@ -125,7 +123,7 @@ def test_distillation_targets(run_dir):
         assert best_seen[attr] >= 0.9 * teacher_seen[attr], (attr, best_seen, teacher_seen)
         assert best_seen[attr] > 2 * image["student · pooled · Korean prompts | seen"][attr]
     held = m["ratio_to_teacher_heldout"][best]
-    assert held["color"] >= 0.9 and held["shape"] >= 0.85, m["ratio_to_teacher_heldout"]
+    assert held["color"] >= 0.9 and held["shape"] >= 0.9, m["ratio_to_teacher_heldout"]
     students = {k: e for k, e in m["embedding"].items() if k.startswith("student")}
     raw = m["embedding"]["teacher reading Korean (no distillation)"]
     assert max(e["R@1"] for e in students.values()) > 50 * max(raw["R@1"], 0.001)
@@ -222,22 +220,19 @@ def test_optimize_targets(run_dir):
 def test_lora_targets(run_dir):
     """Notebook 04 (issue 6), read from its metrics: with the ink LoRA loaded, the trigger 백묘법 switches the ink-wash
     style on (>= 80% of images) and without it the style stays off (<= 20%), on held-out and on seen colour-shape
-    pairs; colour on untriggered prompts stays within 10 points of the pipeline without LoRA, and so does colour with
-    the trigger on held-out pairs. On seen pairs the issue's "with the trigger, within 10 points" is not asserted: the
-    main job misses it (87.0% vs 99.5%; README), because ink-wash itself costs colour there. What is asserted instead:
-    on seen pairs, with the trigger, colour stays within 5 points of what the base UNet draws when an English caption
-    asks for ink-wash (87.0% too), so the LoRA adds no colour loss of its own. The English LoRA (teacher captions) is measured
-    behind the student too, not asserted against: it is the seed's observation, reported."""
+    pairs, while colour, with the trigger and without it, stays within 10 points of the pipeline without LoRA. The
+    main job's narrowest margins (README): ink-wash with the trigger 83.5% / 84.5% (held-out / seen), colour with it
+    on seen pairs 91.0% against 99.5%. The English LoRA (teacher captions) is measured behind the student too, not
+    asserted against: it is the seed's observation, reported."""
     m = _metrics(run_dir, "04_lora")
     t = m["table"]
     base, off, on = t["Korean pipeline, no LoRA"], t["+ ink, no trigger"], t["+ ink, trigger 백묘법"]
-    english_ink = t["English pipeline, English ink-wash caption, no LoRA"]
+    assert t["English pipeline, English ink-wash caption, no LoRA"]["seen style rate"] >= 0.9  # what the base draws
     for split in ("held-out", "seen"):
         assert on[f"{split} style rate"] >= 0.8 and off[f"{split} style rate"] <= 0.2, (split, on, off)
         assert off[f"{split} color"] >= base[f"{split} color"] - 0.10, (split, off, base)
+        assert on[f"{split} color"] >= base[f"{split} color"] - 0.10, (split, on, base)
         assert base[f"{split} style rate"] <= 0.05, base
-    assert on["held-out color"] >= base["held-out color"] - 0.10, (on, base)
-    assert on["seen color"] >= english_ink["seen color"] - 0.05, (on, english_ink)
     assert any(k.startswith("Korean pipeline + ink-en") for k in t)
     assert sum(row["prompts"] for row in m["colour_breakdown"].values()) == 2 * m["n_prompts"]  # both splits, by colour
     files = m["files"]
