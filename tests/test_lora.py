@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from koclip_lib import lora
-from koclip_lib.common import REPO_ROOT, load_params
 from koclip_lib import miniworld as mw
+from koclip_lib.common import REPO_ROOT, load_params
 
 SEED = 1147446245
 PROMPT = "왼쪽에 빨간 별이 있다"
