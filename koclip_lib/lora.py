@@ -532,11 +532,10 @@ def adapter_config(section: dict, adapter: dict) -> LoraTrainConfig:
     return LoraTrainConfig.from_params({**section.get("defaults", {}), **adapter})
 
 
-def artifact_key(params: dict, adapter: dict, base_hash: str, student_hash: str | None) -> dict:
-    """What a trained LoRA depends on: its base, its text encoder, its entry, the world, and the training settings in
-    effect (not the raw defaults: a default the adapter overrides retrains nothing)."""
-    cfg = adapter_config(params.get("lora", {}), adapter)
-    return {"base": base_hash, "student": student_hash, "adapter": adapter, "config": asdict(cfg), "world": params.get("world")}
+def artifact_key(cfg: LoraTrainConfig, adapter: dict, world: dict | None, base_hash: str, student_hash: str | None) -> dict:
+    """What a trained LoRA depends on: its base, its text encoder, its entry, the world, and `cfg`, the training
+    settings in effect (`adapter_config`; not the raw defaults: a default the adapter overrides retrains nothing)."""
+    return {"base": base_hash, "student": student_hash, "adapter": adapter, "config": asdict(cfg), "world": world}
 
 
 def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequence[str] | None = None) -> Path:
@@ -563,7 +562,7 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequenc
         encoder = adapter.get("text_encoder", "student")
         student = ensure_students(params, root)[section.get("student", "unet")] if encoder == "student" else None
         student_hash = json.loads((student / "artifact.json").read_text())["config_hash"] if student else None
-        key = artifact_key(params, adapter, base_hash, student_hash)
+        key = artifact_key(cfg, adapter, params.get("world"), base_hash, student_hash)
 
         def build(d, adapter=adapter, cfg=cfg, student=student):
             position = adapter.get("trigger_position", "end")

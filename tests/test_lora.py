@@ -270,9 +270,13 @@ def test_cache_key_follows_the_settings_in_effect_not_the_defaults_an_adapter_ov
     params = load_params(REPO_ROOT / "params" / "mini.yaml")
     adapters = {a["name"]: a for a in params["lora"]["adapters"]}
     assert adapters["ink-en"]["preservation_weight"] == 0.0 and "preservation_weight" not in adapters["ink"]
-    before = {name: lora.artifact_key(params, a, "base", None) for name, a in adapters.items()}
+    def keys():
+        return {name: lora.artifact_key(lora.adapter_config(params["lora"], a), a, params["world"], "base", None)
+                for name, a in adapters.items()}
+
+    before = keys()
     params["lora"]["defaults"]["preservation_weight"] += 1.0
-    after = {name: lora.artifact_key(params, a, "base", None) for name, a in adapters.items()}
+    after = keys()
     assert after["ink-en"] == before["ink-en"]  # it overrides the weight: same LoRA, nothing to retrain
     assert after["ink"] != before["ink"]
     assert after["ink"]["config"]["preservation_weight"] == before["ink"]["config"]["preservation_weight"] + 1.0
