@@ -1,9 +1,13 @@
 # The two set-up commands of README.md.
 #   make all   install into .venv/, train the models (two lanes side by side) and run the main job: every notebook on
-#              the mini profile, executed copies in outputs/
-#   make test  install into .venv/, train the models the same way, and run the tests (unit tests + every notebook) in
-#              two pytest workers
+#              the mini profile, executed copies in outputs/; then check every claim of the README against the metrics
+#              (python -m koclip_lib.targets: exits 1 naming a missed claim)
+#   make test  install into .venv/, write the hub-layout stand-ins and build the stand-in profile's models (the full
+#              profile's plan at toy sizes), then run the tests (unit tests, every notebook executed on the stand-in
+#              profile) in two pytest workers
 PARAMS ?= params/mini.yaml
+# what the tests run every notebook on: params/full.yaml's plan on the stand-ins of `python -m koclip_lib.standins`
+STANDIN := params/standin.yaml
 # pytest workers (pytest-xdist), one torch thread each, as the build lanes
 TEST_JOBS ?= 2
 PY := .venv/bin/python
@@ -12,9 +16,11 @@ PY := .venv/bin/python
 all: setup
 	$(PY) -m koclip_lib.run --params $(PARAMS) --build --jobs 2
 	$(PY) -m koclip_lib.run --params $(PARAMS)
+	$(PY) -m koclip_lib.targets
 
 test: setup
-	$(PY) -m koclip_lib.run --params $(PARAMS) --build --jobs 2
+	$(PY) -m koclip_lib.standins --out outputs/standin/hub
+	$(PY) -m koclip_lib.run --params $(STANDIN) --build --jobs 1
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup
 
 setup:

@@ -6,9 +6,10 @@ to it, so a busy or a faster machine changes the numbers but not the comparison.
 * `text_conditioning_seconds` — prompt -> the 77 states the UNet reads: the student's encode vs the translator's
   generate + the teacher's encode (the seed's option ③ without the network hop);
 * `seconds_per_image` — end to end at batch 1, as a service draws one request;
-* `weights_mb` — what each option keeps in memory;
-* `from_scratch_probe` — option (c): train a Korean text-to-image model from scratch for a measured while, then
-  extrapolate to the steps the English generator needed, and stop.
+* `weights_mb` — what each option keeps in memory.
+
+Option (c), training a Korean text-to-image model from scratch for a measured while, is the profile's own
+(`profile_inputs(params).from_scratch_probe()`: the mini world trains its tiny generator on Korean captions).
 
 The optimisation study (issue 7) is the command line:
 
@@ -19,8 +20,9 @@ It runs a matrix of configurations of the Korean pipeline on the current device,
 unoptimised baseline (dtype, attention processor, channels_last, scheduler and steps, torch.compile of the UNet,
 VAE decoder, batch size, prompt-embedding cache), then the winners stacked; measures text conditioning (student vs
 translator) and training throughput (distillation, LoRA); prints a markdown table and writes it with the JSON to
-outputs/bench/<profile>-<device>.{json,md}. `--profile full --random-weights` builds SD 1.5-sized modules from
-their configs, so the full-size timing runs on a GPU without the model hub.
+outputs/bench/<profile>-<device>.{json,md}. What it measures on comes from `koclip_lib.bench_inputs`: a hub
+profile's checkpoints, SD 1.5-sized random modules (`--random-weights`, no model hub), or what the profile's own
+inputs make (the mini world's `bench_inputs`).
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
 import platform
 import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,7 +45,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .train import LoopConfig
+# re-exported: `bench.BenchInputs` and the builders are what callers and tests name
+from .bench_inputs import (FULL_PROMPTS, BenchInputs, bench_distill_config, full_inputs, full_random_inputs,  # noqa: F401
+                           pixel_difference, sd15_noise_scheduler, sd15_random_parts, spread)
 
 
 def _timed(fn: Callable[[], object], repeats: int = 1) -> float:
@@ -98,67 +101,6 @@ def weights_mb(*modules: torch.nn.Module) -> float:
     for m in modules:
         total += sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
     return total / 2**20
-
-
-def from_scratch_probe(params: dict, root: str | Path, out_dir: str | Path, epochs: float = 1.0) -> dict:
-    """Option (c) of the feasibility study: train the mini world's text-to-image model from scratch on *Korean*
-    captions (a Korean tokenizer + CLIP, then a UNet on its text states, same sizes and data as the English
-    generator), for `epochs` epochs of each, measuring seconds per step and the loss. Then extrapolate to the steps
-    the English generator needed to reach its quality, and stop. The VAE reads no text: the probe reuses it, and
-    the estimate adds its measured training time.
-
-    Returns measured steps/s and losses beside the English run's at the same step, and the time-to-quality estimate.
-    """
-    from . import generator as g
-    from . import miniworld as mw
-
-    root, out_dir = Path(root), Path(out_dir)
-    paths = g.ensure_generator(params, root)
-    world = mw.WorldConfig.from_params(params.get("world"))
-    t_cfg, u_cfg = g.TeacherConfig(**params.get("teacher", {})), g.UNetConfig(**params.get("unet", {}))
-    t_steps = max(1, round(epochs * t_cfg.n_images / LoopConfig.from_params(t_cfg.loop).batch_size))
-    u_steps = max(1, round(epochs * u_cfg.n_images / LoopConfig.from_params(u_cfg.loop).batch_size))
-    teacher_metrics = g.train_teacher(out_dir / "teacher", world, t_cfg, caption=mw.caption_ko, stop_after=t_steps)
-    unet_metrics = g.train_unet(out_dir / "sd", world, u_cfg, out_dir / "teacher", paths["vae"], caption=mw.caption_ko,
-                                stop_after=u_steps)
-
-    english_teacher = json.loads((paths["teacher"] / "metrics.json").read_text())
-    english_unet = json.loads((paths["sd"] / "train_metrics.json").read_text())
-    vae_seconds = json.loads((paths["vae"] / "metrics.json").read_text())["seconds"]
-
-    def loss_at(curve, step):  # the logged loss nearest to `step`
-        return min(curve, key=lambda point: abs(point[0] - step))[1]
-
-    # training-loop seconds only (as logged for the English run too): data rendering and caching are not counted
-    t_rate, u_rate = teacher_metrics["steps"] / teacher_metrics["seconds"], unet_metrics["steps"] / unet_metrics["seconds"]
-    estimate = english_teacher["steps"] / t_rate + vae_seconds + english_unet["steps"] / u_rate
-    return {
-        "teacher": {"steps": teacher_metrics["steps"], "steps_per_s": t_rate, "loss": loss_at(teacher_metrics["loss_curve"], t_steps),
-                    "english_loss_same_step": loss_at(english_teacher["loss_curve"], t_steps),
-                    "steps_to_quality": english_teacher["steps"]},
-        "unet": {"steps": unet_metrics["steps"], "steps_per_s": u_rate, "loss": loss_at(unet_metrics["loss_curve"], u_steps),
-                 "english_loss_same_step": loss_at(english_unet["loss_curve"], u_steps),
-                 "steps_to_quality": english_unet["steps"],
-                 "loss_curve": unet_metrics["loss_curve"],
-                 "english_loss_curve": english_unet["loss_curve"]},
-        "vae_seconds_reused": vae_seconds,
-        "measured_seconds": teacher_metrics["seconds"] + unet_metrics["seconds"],
-        "estimated_seconds_to_quality": estimate,
-    }
-
-
-def ensure_from_scratch_probe(params: dict, root: str | Path, epochs: float = 1.0) -> dict:
-    """`from_scratch_probe`, cached under root/from_scratch by the generator it is compared with."""
-    from . import generator as g
-    from .common import cached_artifact, write_json
-
-    root = Path(root)
-    paths = g.ensure_generator(params, root)
-    key = {"sd": json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"], "epochs": epochs,
-           "teacher": params.get("teacher"), "unet": params.get("unet")}
-    folder = cached_artifact(root / "from_scratch", key,
-                             lambda d: write_json(d / "probe.json", from_scratch_probe(params, root, d, epochs)))
-    return json.loads((folder / "probe.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,294 +239,6 @@ class PeakMemory:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# What a profile brings to the benchmark: the pristine pipeline, prompts, a quality proxy, and the parts that
-# text conditioning and training throughput are measured on.
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class BenchInputs:
-    profile: str
-    pipe: object                       # the Korean pipeline, fp32 on CPU: every configuration copies it
-    prompts: list[str]
-    guidance: float
-    quality: Callable                  # (images in [0, 1], the baseline's images or None) -> dict
-    quality_kind: str
-    seeds: list[int] = field(default_factory=list)
-    random_weights: bool = False
-    resolution: int = 32
-    tiny_vae: object = None            # an AutoencoderTiny, or None with `tiny_vae_missing` saying why
-    tiny_vae_missing: str = ""
-    lcm_missing: str = ""              # why the LCM row is not measured ("" : measured, timing only)
-    translator: object = None          # koclip_lib.translate.Translator, or None
-    translator_missing: str = ""
-    english_pipe: object = None        # the English pipeline the translator feeds (its text encoder is the teacher)
-    decode_tokens: int | None = None   # random weights: every translation decodes exactly this many tokens
-    teacher: tuple | None = None       # (CLIP text model, tokenizer) for distillation
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # (Korean, English) training pairs
-    distill_config: object = None      # koclip_lib.distill.DistillConfig
-    distill_batch: int = 128
-    lora_batch: int = 32
-    notes: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        if not self.seeds:
-            self.seeds = list(range(len(self.prompts)))
-
-
-def _spread(items: Sequence, n: int) -> list:
-    """n items evenly spaced over the list (prompt files are written in scene order)."""
-    n = min(n, len(items))
-    return [items[i * len(items) // n] for i in range(n)]
-
-
-def _distill_config(params: dict):
-    from .distill import DistillConfig
-
-    known = {f.name for f in fields(DistillConfig)}
-    settings = {k: v for k, v in (params.get("distill") or {}).items() if k in known and k not in ("objective",)}
-    return DistillConfig(**{**settings, "objective": "sequence"})
-
-
-def world_pairs(params: dict, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(Korean, English) captions of fresh mini-world scenes: training text for the throughput measurements."""
-    import random
-
-    from . import miniworld as mw
-
-    world = mw.WorldConfig.from_params(params.get("world"))
-    rng = random.Random(seed)
-    return [mw.caption_pair(s, rng, world) for s in mw.sample_scenes(n, seed, world, split="seen")]
-
-
-def mini_inputs(params: dict, n_prompts: int = 40, paths: dict | None = None) -> BenchInputs:
-    """The mini profile: the saved Korean pipeline (root/korean_sd), held-out Korean prompts scored by the attribute
-    classifier, the tiny translator and the English pipeline it feeds, and the teacher the student was distilled
-    from. `paths` overrides any of: pipeline, student (a student folder to swap into `pipeline`), prompts,
-    classifier, translator (None: not measured), english, teacher."""
-    from .distill import load_teacher
-    from .evaluate import load_pipeline, read_prompt_tsv, score
-    from .miniworld import load_classifier
-    from .translate import Translator
-
-    root = Path(params.get("root", "outputs/mini"))
-    paths = {"pipeline": root / "korean_sd", "student": None, "prompts": root / "prompts" / "ko_heldout.tsv",
-             "classifier": root / "classifier", "translator": root / "translator", "english": root / "sd",
-             "teacher": root / "teacher", **(paths or {})}
-    if not Path(paths["pipeline"], "model_index.json").exists():
-        raise FileNotFoundError(f"{paths['pipeline']}: no saved Korean pipeline; `make all` builds it (notebook 02)")
-    pipe = load_pipeline(paths["pipeline"], paths["student"], device="cpu")
-    rows = _spread(read_prompt_tsv(paths["prompts"]), n_prompts)
-    classifier = load_classifier(paths["classifier"])
-
-    def quality(images, baseline=None):
-        scored = score(classifier, images * 2 - 1, rows)["accuracy"]
-        out = {k: scored[k] for k in ("color", "shape") if k in scored}
-        out["attribute_accuracy"] = float(np.mean(list(out.values())))
-        out["images"] = len(images)
-        return out
-
-    translator = Translator.from_pretrained(paths["translator"]) if paths["translator"] and Path(paths["translator"]).exists() else None
-    evaluate_cfg = params.get("evaluate") or {}
-    return BenchInputs(
-        profile=params.get("profile", "mini"), pipe=pipe, prompts=[r.prompt for r in rows],
-        seeds=[int(params.get("seed", 0)) + 1000 * i for i in range(len(rows))],
-        guidance=float(evaluate_cfg.get("guidance_scale", 3.0)), quality=quality,
-        quality_kind=f"attribute accuracy (colour, shape) of the mini-world classifier on {len(rows)} held-out Korean prompts",
-        resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-        tiny_vae_missing=("not available: no tiny decoder (TAESD) has been trained for the mini VAE's latent space; a "
-                          "random one would time a decoder that draws nothing, so no number is given"),
-        lcm_missing=("not available: LCMScheduler needs an LCM-distilled UNet or an LCM-LoRA, and none exists for the "
-                     "mini UNet; the few-step option measured here is DPM-Solver++ at 8 steps on the unchanged UNet"),
-        translator=translator, translator_missing="" if translator else f"not available: no translator at {paths['translator']}",
-        english_pipe=load_pipeline(paths["english"], device="cpu") if paths["english"] else None,
-        teacher=load_teacher(paths["teacher"]) if paths["teacher"] else None,
-        pairs=world_pairs(params, 512), distill_config=_distill_config(params),
-        distill_batch=int(((params.get("distill") or {}).get("loop") or {}).get("batch_size", 128)), lora_batch=32)
-
-
-# SD 1.5's module configs (runwayml/stable-diffusion-v1-5), CLIP ViT-L/14's text tower, klue/roberta-small (the full
-# profile's student backbone) and Helsinki-NLP/opus-mt-ko-en (the full profile's translator): built at random when
-# the hub is out of reach, since timing depends on the shapes, not the weights.
-SD15_UNET = dict(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8, norm_num_groups=32)
-SD15_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                latent_channels=4, norm_num_groups=32, scaling_factor=0.18215)
-CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-KLUE_ROBERTA_SMALL = dict(vocab_size=32000, hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                          intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)
-OPUS_MT_KO_EN = dict(vocab_size=65001, d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-                     decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=512,
-                     activation_function="swish", scale_embedding=True)
-TAESD = dict(encoder_block_out_channels=(64, 64, 64, 64), decoder_block_out_channels=(64, 64, 64, 64))
-
-# Korean prompts for the full profile (the seed's fixed prompt first), with English references for training text
-FULL_PROMPTS = [
-    ("의자에 앉은 한 마리의 핑크 고양이", "a pink cat sitting on a chair"),
-    ("해질녘 바닷가를 걷는 강아지", "a dog walking on the beach at sunset"),
-    ("눈 덮인 산 아래의 작은 오두막", "a small cabin under a snowy mountain"),
-    ("비 오는 밤 서울의 네온사인 거리", "a neon-lit street in Seoul on a rainy night"),
-    ("한복을 입은 소녀의 수채화 초상화", "a watercolour portrait of a girl wearing hanbok"),
-    ("벚꽃이 핀 궁궐의 정원", "a palace garden with cherry blossoms in bloom"),
-    ("나무 탁자 위의 김치찌개 한 그릇", "a bowl of kimchi stew on a wooden table"),
-    ("우주를 떠다니는 고래, 디지털 아트", "a whale floating in space, digital art"),
-]
-
-
-def _scaled(n: int, scale: float, multiple: int) -> int:
-    """`n * scale` rounded to a multiple (at least one multiple): widths stay divisible by heads and norm groups."""
-    return n if scale == 1 else max(multiple, int(round(n * scale / multiple)) * multiple)
-
-
-def _depth(n: int, scale: float) -> int:
-    return n if scale == 1 else max(1, int(round(n * scale)))
-
-
-def sd15_random_parts(scale: float = 1.0, resolution: int = 512, seed: int = 0, decode_tokens: int = 20) -> dict:
-    """SD 1.5-sized modules from their configs with random weights: UNet, VAE, a tiny decoder (TAESD's
-    architecture), CLIP ViT-L/14's text model (the teacher), a Korean student around a klue/roberta-small-sized
-    RoBERTa, and an opus-mt-ko-en-sized Marian translator, with tokenizers trained on a few sentences (ids are
-    all the models need). `scale` < 1 shrinks every width and depth and `resolution` the image (tests: the same
-    code path in seconds on a CPU)."""
-    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, GenerationConfig, MarianConfig, MarianMTModel, RobertaConfig
-
-    from . import generator as g
-    from .distill import KoreanTextEncoder, train_student_tokenizer
-    from .translate import train_marian_tokenizer
-
-    torch.manual_seed(seed)
-    groups = 32 if scale == 1 else 8
-    texts = [t for pair in FULL_PROMPTS for t in pair] * 4
-    unet = UNet2DConditionModel(**{**SD15_UNET, "norm_num_groups": groups, "layers_per_block": _depth(2, scale),
-                                   "block_out_channels": tuple(_scaled(c, scale, groups) for c in SD15_UNET["block_out_channels"])},
-                                sample_size=resolution // 8, cross_attention_dim=_scaled(768, scale, 12))
-    vae = AutoencoderKL(**{**SD15_VAE, "norm_num_groups": groups, "layers_per_block": _depth(2, scale),
-                           "block_out_channels": tuple(_scaled(c, scale, groups) for c in SD15_VAE["block_out_channels"])},
-                        sample_size=resolution)
-    tiny_vae = AutoencoderTiny(**{k: tuple(_scaled(c, scale, 8) for c in v) for k, v in TAESD.items()})
-    teacher_tok = g.train_english_tokenizer(texts, vocab_size=400)
-    clip = CLIPTextModel(CLIPTextConfig(**{**CLIP_L_TEXT, "hidden_size": _scaled(768, scale, 12),
-                                           "intermediate_size": 4 * _scaled(768, scale, 12),
-                                           "num_hidden_layers": _depth(12, scale), "projection_dim": _scaled(768, scale, 12)},
-                                        bos_token_id=teacher_tok.bos_token_id, eos_token_id=teacher_tok.eos_token_id,
-                                        pad_token_id=teacher_tok.pad_token_id))
-    student_tok = train_student_tokenizer(texts, vocab_size=300, max_length=128)
-    backbone = RobertaConfig(**{**KLUE_ROBERTA_SMALL, "hidden_size": _scaled(768, scale, 12),
-                                "intermediate_size": 4 * _scaled(768, scale, 12), "num_hidden_layers": _depth(6, scale)},
-                             pad_token_id=student_tok.pad_token_id, bos_token_id=student_tok.bos_token_id,
-                             eos_token_id=student_tok.eos_token_id)
-    student = KoreanTextEncoder.from_backbone(backbone, clip.config.hidden_size, head_layers=_depth(2, scale), head_heads=12,
-                                              teacher="random CLIP ViT-L/14 text config")
-    with tempfile.TemporaryDirectory(prefix="bench_marian_") as folder:  # the tokenizer reads its files once, at init
-        marian_tok = train_marian_tokenizer(texts, folder, vocab_size=200)
-    pad, eos = marian_tok.pad_token_id, marian_tok.eos_token_id
-    marian = MarianMTModel(MarianConfig(**{**OPUS_MT_KO_EN, "d_model": _scaled(512, scale, 8),
-                                           "encoder_ffn_dim": 4 * _scaled(512, scale, 8), "decoder_ffn_dim": 4 * _scaled(512, scale, 8),
-                                           "encoder_layers": _depth(6, scale), "decoder_layers": _depth(6, scale)},
-                                        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad, bos_token_id=None))
-    # random weights rarely emit the end token: fix the length at a typical English prompt's so the time is a prompt's
-    marian.generation_config = GenerationConfig(decoder_start_token_id=pad, eos_token_id=eos, pad_token_id=pad, num_beams=1,
-                                                min_new_tokens=decode_tokens)
-    return {"unet": unet.eval(), "vae": vae.eval(), "tiny_vae": tiny_vae.eval(), "teacher": clip.eval(), "teacher_tok": teacher_tok,
-            "student": student.eval(), "student_tok": student_tok, "translator": marian.eval(), "translator_tok": marian_tok}
-
-
-class FoldingTokenizer:
-    """The random translator's tokenizer: random weights emit ids from opus-mt-ko-en's 65,001-entry vocabulary, more
-    than the stand-in's sentencepiece pieces, so decoding folds them into its range (decoding costs microseconds; the
-    output projection over the full vocabulary, which dominates each generated token, is kept)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-    def batch_decode(self, ids, **kwargs):
-        return self.tokenizer.batch_decode(ids % len(self.tokenizer), **kwargs)
-
-
-def full_random_inputs(params: dict, n_prompts: int = 8, scale: float = 1.0, resolution: int = 512,
-                       decode_tokens: int = 20) -> BenchInputs:
-    """The full profile with SD 1.5-sized random modules (`sd15_random_parts`): the Korean pipeline (student +
-    UNet + VAE, PNDM as SD 1.5 ships), the English pipeline the translator would feed, and the quality proxy of
-    random weights: the mean absolute pixel difference from the baseline's image for the same seed."""
-    from diffusers import StableDiffusionPipeline
-
-    from . import generator as g
-    from .pipeline import KoreanStableDiffusionPipeline
-    from .translate import Translator
-
-    parts = sd15_random_parts(scale, resolution, int(params.get("seed", 0)) % 2**31, decode_tokens)
-    scheduler = make_scheduler("pndm", g.noise_scheduler("epsilon").config)
-    pipe = KoreanStableDiffusionPipeline(parts["vae"], parts["student"], parts["student_tok"], parts["unet"], scheduler)
-    english = StableDiffusionPipeline(parts["vae"], parts["teacher"], parts["teacher_tok"], parts["unet"], scheduler,
-                                      safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    for p in (pipe, english):
-        p.set_progress_bar_config(disable=True)
-    prompts = [ko for ko, _ in FULL_PROMPTS]
-    prompts = (prompts * (n_prompts // len(prompts) + 1))[:n_prompts]
-    loop = (params.get("distill") or {}).get("loop") or {}
-    note = ("random weights: SD 1.5-sized modules built from their configs" +
-            (f", every width and depth scaled by {scale}" if scale != 1 else "") +
-            f", {resolution}x{resolution} images; quality is pixel difference from the baseline, not image quality; "
-            "the LCM row is timing only (an LCM-LoRA fused into the UNet costs the same per step; its images need one)")
-    return BenchInputs(
-        profile=params.get("profile", "full"), pipe=pipe, prompts=prompts,
-        seeds=[int(params.get("seed", 0)) + i for i in range(n_prompts)],
-        guidance=float((params.get("evaluate") or {}).get("guidance_scale", 7.5)),
-        quality=pixel_difference, quality_kind="mean absolute pixel difference (0-1) from the baseline's image, same seed",
-        random_weights=True, resolution=resolution, tiny_vae=parts["tiny_vae"],
-        translator=Translator(parts["translator"], FoldingTokenizer(parts["translator_tok"]), device="cpu"), english_pipe=english,
-        decode_tokens=decode_tokens, teacher=(parts["teacher"], parts["teacher_tok"]),
-        pairs=FULL_PROMPTS * 32, distill_config=_distill_config(params),
-        distill_batch=int(loop.get("batch_size", 256)), lora_batch=16, notes=[note])
-
-
-def full_inputs(params: dict, n_prompts: int = 8) -> BenchInputs:
-    """The full profile with real weights: params' SD checkpoint with the trained student (root/student), the
-    translator and the teacher, all from the hub or local copies. A tiny decoder is used when `madebyollin/taesd`
-    loads. The quality proxy stays the pixel difference from the baseline (a CLIP score needs a CLIP image tower)."""
-    from diffusers import AutoencoderTiny
-
-    from .distill import load_teacher
-    from .evaluate import load_pipeline
-    from .pipeline import load_korean_pipeline
-    from .translate import Translator
-
-    root = Path(params.get("root", "outputs/full"))
-    pipe = load_korean_pipeline(sd=params["sd"], text_encoder=root / "student", device="cpu")
-    try:
-        tiny, missing = AutoencoderTiny.from_pretrained("madebyollin/taesd").eval(), ""
-    except (OSError, ValueError) as err:
-        tiny, missing = None, f"not available: madebyollin/taesd did not load ({type(err).__name__})"
-    prompts = [ko for ko, _ in FULL_PROMPTS]
-    prompts = (prompts * (n_prompts // len(prompts) + 1))[:n_prompts]
-    loop = (params.get("distill") or {}).get("loop") or {}
-    return BenchInputs(
-        profile=params.get("profile", "full"), pipe=pipe, prompts=prompts,
-        seeds=[int(params.get("seed", 0)) + i for i in range(n_prompts)],
-        guidance=float((params.get("evaluate") or {}).get("guidance_scale", 7.5)), quality=pixel_difference,
-        quality_kind="mean absolute pixel difference (0-1) from the baseline's image, same seed", resolution=512,
-        tiny_vae=tiny, tiny_vae_missing=missing,
-        lcm_missing="not available: needs an LCM-LoRA or LCM-distilled UNet for this checkpoint",
-        translator=Translator.from_pretrained(params["translator"]["pretrained"]), english_pipe=load_pipeline(params["sd"], device="cpu"),
-        teacher=load_teacher(params["distill"]["teacher"]), pairs=FULL_PROMPTS * 32, distill_config=_distill_config(params),
-        distill_batch=int(loop.get("batch_size", 256)), lora_batch=16)
-
-
-def pixel_difference(images: torch.Tensor, baseline: torch.Tensor | None = None) -> dict:
-    """Mean absolute pixel difference (images in [0, 1]) from the baseline's image of the same seed."""
-    mad = 0.0 if baseline is None else float((images.float() - baseline.float()).abs().mean())
-    return {"pixel_mad_vs_baseline": mad, "images": len(images)}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The matrix: rows, measurement, ratios, and the stacked winners.
 # ---------------------------------------------------------------------------------------------------------------
 AXES = ("baseline", "dtype", "attention", "memory format", "scheduler", "compile", "vae decode", "batch",
@@ -597,7 +251,10 @@ def matrix(inputs: BenchInputs, device: torch.device, quick: bool = False, compi
     base = Setting()
     rows = [("baseline", "baseline", base, None)]
     for dtype in ("fp16", "bf16"):
-        rows.append((dtype, "dtype", replace(base, dtype=dtype), dtype_unsupported(dtype, device)))
+        skip = dtype_unsupported(dtype, device)
+        if skip is None and quick and device.type == "cpu":  # measured 0.13-0.78x fp32 on this project's CPUs
+            skip = "skipped: --quick on CPU (bf16 is slower than fp32 on CPU kernels; a full run measures it)"
+        rows.append((dtype, "dtype", replace(base, dtype=dtype), skip))
     rows.append(("SDPA attention", "attention", replace(base, attention="sdpa"), None))
     rows.append(("channels_last", "memory format", replace(base, channels_last=True), None))
     rows.append(("DDIM 50", "scheduler", replace(base, scheduler="ddim"), None))
@@ -874,7 +531,7 @@ def _synced(fn: Callable, device: torch.device) -> Callable:
 def text_conditioning(inputs: BenchInputs, device: torch.device, n_prompts: int = 20) -> dict:
     """Seconds per prompt, one prompt at a time: the student's encode (the Korean pipeline's `encode_prompt`) vs
     the translator's generate alone and generate + the English pipeline's encode; ratios to the student."""
-    prompts = _spread(inputs.prompts, n_prompts) if len(inputs.prompts) >= n_prompts else inputs.prompts
+    prompts = spread(inputs.prompts, n_prompts) if len(inputs.prompts) >= n_prompts else inputs.prompts
     pipe = fresh_pipeline(inputs.pipe).to(device)
     out = {"prompts": len(prompts), "student_encode_s": text_conditioning_seconds(_synced(pipeline_encoder(pipe), device), prompts)}
     if inputs.translator is None:
@@ -949,8 +606,6 @@ def lora_throughput(unet, text_width: int, batch_size: int, steps: int, device: 
     UNet's forward + backward + AdamW on the LoRA weights, at the UNet's own latent size."""
     from peft import LoraConfig
 
-    from .generator import noise_scheduler
-
     unet = copy.deepcopy(unet).to(device)
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
@@ -961,7 +616,7 @@ def lora_throughput(unet, text_width: int, batch_size: int, steps: int, device: 
     size = unet.config.sample_size
     latents = torch.randn(n_latents, unet.config.in_channels, size, size, generator=gen).to(device)
     states = torch.randn(batch_size, 77, text_width, generator=gen).to(device)
-    scheduler = noise_scheduler(prediction_type)
+    scheduler = sd15_noise_scheduler(prediction_type)
 
     def step(i):
         idx = torch.randint(n_latents, (batch_size,), generator=gen).to(device)
@@ -1165,7 +820,7 @@ def markdown(record: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m koclip_lib.bench",
                                  description="Benchmark the Korean pipeline's configurations on this device (issue 7).")
-    ap.add_argument("--profile", choices=["mini", "full"], help="default: the params file's, else mini")
+    ap.add_argument("--profile", help="the record's name (default: the params file's `profile`, else mini)")
     ap.add_argument("--params", help="profile file (default params/<profile>.yaml)")
     ap.add_argument("--random-weights", action="store_true", help="full: SD 1.5-sized modules with random weights (no hub)")
     ap.add_argument("--quick", action="store_true", help="a small subset for CI: few prompts, no compile on CPU, 2 training steps")
@@ -1189,6 +844,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from diffusers.utils import logging as diffusers_logging
 
+    from . import plan
     from .common import load_params, pick_device, write_json
 
     diffusers_logging.set_verbosity_error()  # one "cast with to()" warning per dtype row says nothing new
@@ -1203,11 +859,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     params["profile"] = profile
     device = pick_device(args.device)
     gpu = device.type == "cuda"
-    n_prompts = args.prompts or (4 if args.quick or profile == "full" else 40)  # full: SD 1.5 at fp32 50 steps is seconds an image
+    # a profile whose inputs are made rather than downloaded (the mini world) hands over its own bench inputs
+    made = plan.profile_inputs(params)
+    # a hub checkpoint (SD 1.5 at fp32, 50 steps) takes seconds an image; the mini pipeline, milliseconds
+    n_prompts = args.prompts or (40 if hasattr(made, "bench_inputs") and not args.quick else 4)
     repeats = args.repeats or 1
     train_steps = args.train_steps or (2 if args.quick else 10 if gpu else 5)
-    if profile == "mini":
-        inputs = mini_inputs(params, n_prompts)
+    if hasattr(made, "bench_inputs"):
+        inputs = made.bench_inputs(n_prompts)
     elif args.random_weights:
         inputs = full_random_inputs(params, n_prompts, args.scale, args.resolution)
     else:

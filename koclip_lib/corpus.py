@@ -547,6 +547,10 @@ class BuildConfig:
     en_col: str | None = None
     progress: bool = True  # tqdm bar over rows read
     max_examples: int = 5  # examples kept per malformed / dropped reason
+    # English sides longer than the teacher reads (CLIP: 77 tokens with its two special tokens) are dropped: the
+    # teacher would truncate them, so the student would learn states for a sentence the Korean says more than.
+    # 0: no limit. Counted with `build_corpus(count_en_tokens=...)`, e.g. `token_counter(teacher)`.
+    en_max_tokens: int = 0
 
 
 _FORMAT_PREFIX = re.compile(rf"^({'|'.join(FORMATS)}):(.+)$")
@@ -572,7 +576,38 @@ def _open_inputs(inputs: Iterable, config: BuildConfig) -> list[tuple[dict, Iter
     return opened
 
 
-def build_corpus(inputs: Iterable, out_dir, config: BuildConfig | None = None) -> dict:
+def has_format_prefix(item) -> bool:
+    return isinstance(item, str) and _FORMAT_PREFIX.match(item) is not None
+
+
+def open_input(item):
+    """A corpus input as `build_corpus` takes it: `hf:NAME[:SPLIT]` loads that 🤗 dataset (columns `ko` and `en`, or a
+    `translation` dict of them), anything else is a file path (with an optional `FMT:` prefix)."""
+    if isinstance(item, str) and item.startswith("hf:"):
+        from datasets import load_dataset
+
+        name, _, split = item[3:].partition(":")
+        ds = load_dataset(name, split=split or "train")
+        if "translation" in ds.column_names:
+            ds = ds.map(lambda r: {"ko": r["translation"]["ko"], "en": r["translation"]["en"]}, remove_columns=ds.column_names)
+        return from_hf_dataset(ds, name=item)
+    return item
+
+
+def token_counter(teacher):
+    """English side -> how many tokens the teacher's tokenizer makes of it (special tokens included). `teacher`: a
+    `plan.ModelRef` of the text encoder (its tokenizer is the `tokenizer` subfolder beside `text_encoder`) or a path."""
+    from transformers import AutoTokenizer
+
+    if hasattr(teacher, "kwargs"):
+        ref = teacher.sibling("tokenizer") if teacher.subfolder == "text_encoder" else teacher
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(teacher)
+    return lambda text: len(tokenizer(text, truncation=False).input_ids)
+
+
+def build_corpus(inputs: Iterable, out_dir, config: BuildConfig | None = None, count_en_tokens=None) -> dict:
     """Read, clean, dedupe and split every input; write Parquet shards and summary.json to out_dir.
 
     inputs: file paths (format from the suffix, config.fmt, or a `FMT:path` prefix such as
@@ -641,6 +676,10 @@ def build_corpus(inputs: Iterable, out_dir, config: BuildConfig | None = None) -
                     malformed_examples.append({"source": row.source, "line": row.line, "reason": row.problem, "snippet": row.snippet})
                 continue
             ko, en, reason = clean_pair(row.ko, row.en, config.clean)
+            # a token covers at least one character: only sides longer than the limit need the tokenizer
+            if (reason is None and config.en_max_tokens and count_en_tokens is not None and len(en) + 2 > config.en_max_tokens
+                    and count_en_tokens(en) > config.en_max_tokens):
+                reason = "en_over_token_limit"
             if reason is not None:
                 dropped[reason] += 1
                 if dropped[reason] <= config.max_examples:

@@ -1,7 +1,7 @@
 """A Korean student text encoder distilled from CLIP's English text encoder.
 
 The student reads Korean and learns to produce what the frozen teacher produces from the English translation, so
-an unchanged Stable Diffusion UNet understands Korean. Three objectives, compared in notebook 02:
+an unchanged Stable Diffusion UNet understands Korean. Three objectives (`OBJECTIVES`), compared in notebook 02:
 
 * pooled   — the seed's loss, exactly: MSE(student(ko), teacher(en)) + MSE(student(en), teacher(en)) on the pooled
              vector only. SD never reads that vector: it cross-attends to all 77 hidden states.
@@ -18,10 +18,10 @@ returns `last_hidden_state` of the teacher's width and length, which is all SD's
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,10 +31,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .common import cached_artifact, write_json
-from .miniworld import WorldConfig
 from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
-
-OBJECTIVES = ("pooled", "sequence", "unet")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,12 +111,14 @@ class KoreanTextEncoder(PreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_backbone(cls, backbone, teacher_width: int, **config_kwargs) -> "KoreanTextEncoder":
-        """A student around a backbone: a pretrained folder/hub id (full) or a config to build at random (mini)."""
+    def from_backbone(cls, backbone, teacher_width: int, backbone_kwargs: dict | None = None,
+                      **config_kwargs) -> "KoreanTextEncoder":
+        """A student around a backbone: a pretrained folder/hub id (full; `backbone_kwargs` such as a revision go to
+        its `from_pretrained`) or a config to build at random (mini)."""
         if isinstance(backbone, PretrainedConfig):
             model = cls(KoreanTextEncoderConfig(backbone=backbone.to_dict(), teacher_width=teacher_width, **config_kwargs))
             return model
-        pretrained = AutoModel.from_pretrained(backbone)
+        pretrained = AutoModel.from_pretrained(backbone, **(backbone_kwargs or {}))
         model = cls(KoreanTextEncoderConfig(backbone=pretrained.config.to_dict(), teacher_width=teacher_width, **config_kwargs))
         model.backbone.load_state_dict(pretrained.state_dict(), strict=False)
         return model
@@ -140,6 +139,26 @@ class KoreanTextEncoder(PreTrainedModel):
 
 AutoConfig.register(KoreanTextEncoderConfig.model_type, KoreanTextEncoderConfig)
 AutoModel.register(KoreanTextEncoderConfig, KoreanTextEncoder)
+
+
+def clip_like_tokenizer(texts, vocab_size: int = 400, max_length: int = 77):
+    """A byte-level BPE tokenizer with CLIP's special tokens and 77 positions, trained on `texts`: the tokenizer of a
+    CLIP text model trained here (the mini world's teacher) or built at random (the benchmark's)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos, pad, unk = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[pad, unk, bos, eos],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+                                   model_max_length=max_length, padding_side="right")
 
 
 def train_student_tokenizer(texts, vocab_size: int = 2000, max_length: int = 128) -> PreTrainedTokenizerFast:
@@ -186,11 +205,20 @@ def save_student(model: KoreanTextEncoder, tokenizer, out_dir, card: dict) -> No
 # ---------------------------------------------------------------------------------------------------------------
 # Teacher targets and losses.
 # ---------------------------------------------------------------------------------------------------------------
+def prompt_states(text_encoder, tokenizer, texts: list[str], pad_to_max: bool = True):
+    """The text states exactly as `StableDiffusionPipeline.encode_prompt` computes them: padded to the tokenizer's
+    max length, attention mask passed only if the encoder's config asks for it (CLIP's does not, so the padding
+    positions attend to each other). Training on anything else would leave the UNet reading different states."""
+    enc = tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    mask = enc.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    return text_encoder(enc.input_ids.to(device), attention_mask=mask)
+
+
 def encode(model, tokenizer, texts):
     """Run a text encoder (teacher or student) exactly as SD's `encode_prompt` does: the targets and the student's
     outputs are then the states the UNet will read."""
-    from .generator import prompt_states
-
     # an encoder that masks padding (the student) gives the same states for any padding length: pad to the longest
     return prompt_states(model, tokenizer, texts, pad_to_max=not getattr(model.config, "use_attention_mask", False))
 
@@ -249,11 +277,16 @@ class SentenceTeacher(nn.Module):
 
 
 def load_teacher(path, num_positions: int | None = None):
-    """(teacher, tokenizer) from a folder: CLIP's text model exactly as SD runs it, or any other encoder (a
+    """(teacher, tokenizer) from a folder or a `plan.ModelRef`: CLIP's text model exactly as SD runs it (an SD
+    checkpoint's `text_encoder` subfolder reads with the `tokenizer` beside it), or any other encoder (a
     sentence-transformers model such as all-MiniLM-L6-v2) as a `SentenceTeacher` of `num_positions` states (default
     32), reading up to its sentence-transformers `max_seq_length` tokens."""
     from transformers import CLIPTextModel
 
+    if hasattr(path, "kwargs"):  # a ModelRef
+        tok_ref = path.sibling("tokenizer") if path.subfolder == "text_encoder" else path
+        tokenizer = AutoTokenizer.from_pretrained(tok_ref.path, **tok_ref.kwargs)
+        return CLIPTextModel.from_pretrained(path.path, **path.kwargs), tokenizer
     tokenizer = AutoTokenizer.from_pretrained(path)
     if AutoConfig.from_pretrained(path).model_type in ("clip", "clip_text_model"):
         return CLIPTextModel.from_pretrained(path), tokenizer
@@ -287,20 +320,14 @@ class DistillConfig:
     empty_prob: float = 0.05  # share of empty prompts mapped to the teacher's empty prompt
     norm_weighted: bool = False
     unet_sequence_weight: float = 0.5  # the unet stage keeps the sequence loss as an anchor
-    n_latents: int = 4000  # images encoded once for the unet stage
-    # unet stage prompts: "scenes" captions each latent's own scene (Korean and English alike), so the UNet is matched
-    # where it is used, denoising an image of what the prompt says; "corpus" pairs random corpus captions with random latents
-    unet_prompts: str = "scenes"
+    gradient_checkpointing: bool = False  # the unet stage's frozen UNet recomputes activations (SD 1.5 on a 24 GB card)
     val_pairs: int = 512
-    heldout: list = field(default_factory=lambda: WorldConfig().heldout)  # kept out of the unet stage's latents too
     loop: dict = field(default_factory=lambda: {"steps": 1500, "lr": 1e-3, "batch_size": 128, "warmup_steps": 100,
                                                 "validate_every": 250, "patience": 3})
     unet_loop: dict = field(default_factory=lambda: {"steps": 400, "lr": 2e-4, "batch_size": 32, "warmup_steps": 20,
                                                      "validate_every": 100, "patience": 3})
     seed: int = 0
 
-
-UNET_STAGE_FIELDS = ("unet_sequence_weight", "n_latents", "unet_prompts", "heldout", "unet_loop")
 
 
 def load_pairs(corpus_dir, split: str) -> list[tuple[str, str]]:
@@ -333,37 +360,96 @@ class Distiller:
         return out.last_hidden_state, out.pooler_output
 
     def loss(self, objective: str, ko: list[str], en: list[str], gen: torch.Generator, latent_idx=None) -> dict:
-        """The objective's loss on one batch; `latent_idx` (unet stage) picks the latents the prompts describe,
-        None draws them at random."""
-        cfg = self.cfg
-        t_seq, t_pool = self.targets(en)
-        s_ko = encode(self.student, self.student_tok, ko)
-        logs = {}
-        if objective == "pooled":  # the seed's loss, exactly
-            s_en = encode(self.student, self.student_tok, en)
-            logs["pooled_ko"] = F.mse_loss(s_ko.pooler_output, t_pool)
-            logs["pooled_en"] = F.mse_loss(s_en.pooler_output, t_pool)
-            logs["loss"] = logs["pooled_ko"] + logs["pooled_en"]
-            return logs
-        s_en = encode(self.student, self.student_tok, en) if cfg.english_weight else None
-        logs["seq_ko"] = sequence_mse(s_ko.last_hidden_state, t_seq, cfg.norm_weighted)
-        logs["pooled_ko"] = F.mse_loss(s_ko.pooler_output, t_pool)
-        loss = logs["seq_ko"] + cfg.pooled_weight * logs["pooled_ko"]
-        if s_en is not None:
-            logs["seq_en"] = sequence_mse(s_en.last_hidden_state, t_seq, cfg.norm_weighted)
-            loss = loss + cfg.english_weight * (logs["seq_en"] + cfg.pooled_weight * F.mse_loss(s_en.pooler_output, t_pool))
-        if objective == "unet":
-            idx = torch.randint(len(self.latents), (len(ko),), generator=gen) if latent_idx is None else latent_idx
-            x0 = self.latents[idx.to(self.latents.device)]
-            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-            t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(ko),), generator=gen).to(x0.device)
-            noisy = self.scheduler.add_noise(x0, noise, t)
-            with torch.no_grad():
-                target = self.unet(noisy, t, encoder_hidden_states=t_seq).sample
-            logs["unet"] = F.mse_loss(self.unet(noisy, t, encoder_hidden_states=s_ko.last_hidden_state).sample, target)
-            loss = logs["unet"] + cfg.unet_sequence_weight * loss
-        logs["loss"] = loss
-        return logs
+        """The objective's loss on one batch (`OBJECTIVES[objective].loss`); `latent_idx` (unet stage) picks the
+        latents the prompts describe, None draws them at random."""
+        return OBJECTIVES[objective].loss(self, ko, en, gen, latent_idx)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The objectives: each declares its loss, the settings only it reads and where it starts, in one place.
+# ---------------------------------------------------------------------------------------------------------------
+def pooled_loss(d: Distiller, ko, en, gen, latent_idx=None) -> dict:
+    """The seed's loss, exactly: the pooled vector of student(ko) and student(en) against teacher(en)."""
+    t_seq, t_pool = d.targets(en)
+    s_ko = encode(d.student, d.student_tok, ko)
+    s_en = encode(d.student, d.student_tok, en)
+    logs = {"pooled_ko": F.mse_loss(s_ko.pooler_output, t_pool), "pooled_en": F.mse_loss(s_en.pooler_output, t_pool)}
+    logs["loss"] = logs["pooled_ko"] + logs["pooled_en"]
+    return logs
+
+
+def _sequence_terms(d: Distiller, ko, en) -> tuple[dict, torch.Tensor, object]:
+    """The sequence objective's terms: (logs with its loss, the teacher's sequence, the student's output for ko)."""
+    cfg = d.cfg
+    t_seq, t_pool = d.targets(en)
+    s_ko = encode(d.student, d.student_tok, ko)
+    s_en = encode(d.student, d.student_tok, en) if cfg.english_weight else None
+    logs = {"seq_ko": sequence_mse(s_ko.last_hidden_state, t_seq, cfg.norm_weighted),
+            "pooled_ko": F.mse_loss(s_ko.pooler_output, t_pool)}
+    loss = logs["seq_ko"] + cfg.pooled_weight * logs["pooled_ko"]
+    if s_en is not None:
+        logs["seq_en"] = sequence_mse(s_en.last_hidden_state, t_seq, cfg.norm_weighted)
+        loss = loss + cfg.english_weight * (logs["seq_en"] + cfg.pooled_weight * F.mse_loss(s_en.pooler_output, t_pool))
+    logs["loss"] = loss
+    return logs, t_seq, s_ko
+
+
+def sequence_loss(d: Distiller, ko, en, gen, latent_idx=None) -> dict:
+    """All 77 states of student(ko) (and of student(en), weighted) against teacher(en), plus the pooled term."""
+    return _sequence_terms(d, ko, en)[0]
+
+
+def unet_loss(d: Distiller, ko, en, gen, latent_idx=None) -> dict:
+    """The frozen UNet's noise prediction given student(ko) against its prediction given teacher(en), on the same
+    noisy latent and timestep; the sequence loss stays as an anchor (`unet_sequence_weight`)."""
+    logs, t_seq, s_ko = _sequence_terms(d, ko, en)
+    idx = torch.randint(len(d.latents), (len(ko),), generator=gen) if latent_idx is None else latent_idx
+    x0 = d.latents[idx.to(d.latents.device)]
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    t = torch.randint(0, d.scheduler.config.num_train_timesteps, (len(ko),), generator=gen).to(x0.device)
+    noisy = d.scheduler.add_noise(x0, noise, t)
+    with torch.no_grad():
+        target = d.unet(noisy, t, encoder_hidden_states=t_seq).sample
+    logs["unet"] = F.mse_loss(d.unet(noisy, t, encoder_hidden_states=s_ko.last_hidden_state).sample, target)
+    logs["loss"] = logs["unet"] + d.cfg.unet_sequence_weight * logs["loss"]
+    return logs
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A distillation objective. A new one is one entry of `OBJECTIVES`: its loss, the `DistillConfig` fields only it
+    reads (they key only its student's cache), its loop's field, the objective whose student it starts from, and
+    whether it reads the SD checkpoint (its UNet and a latent source)."""
+    loss: Callable[..., dict]      # (distiller, ko, en, gen, latent_idx) -> {"loss": ..., other logged terms}
+    loop_field: str = "loop"
+    own_fields: tuple[str, ...] = ()
+    starts_from: str | None = None
+    needs_sd: bool = False
+    empty_prompts: bool = True     # batches include empty prompts (classifier-free guidance's unconditional input)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "pooled": Objective(pooled_loss, empty_prompts=False),
+    "sequence": Objective(sequence_loss),
+    "unet": Objective(unet_loss, loop_field="unet_loop", own_fields=("unet_sequence_weight", "gradient_checkpointing", "unet_loop"),
+                      starts_from="sequence", needs_sd=True),
+}
+
+
+def training_order(objectives) -> list[str]:
+    """The objectives, each preceded by the one it starts from (added when not listed): what `ensure_students` needs."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        start = OBJECTIVES[name].starts_from
+        if start:
+            visit(start)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in objectives:
+        visit(name)
+    return ordered
 
 
 def _batch(pairs, n: int, gen: torch.Generator, empty_prob: float):
@@ -374,23 +460,23 @@ def _batch(pairs, n: int, gen: torch.Generator, empty_prob: float):
     return ko, en
 
 
-def _scene_batch(scenes, world, n: int, gen: torch.Generator, empty_prob: float):
-    """n scenes (indices into the cached latents) with a fresh Korean and English caption of each."""
-    from .miniworld import caption_pair
-
-    idx = torch.randint(len(scenes), (n,), generator=gen)
+def _latent_batch(source, n: int, gen: torch.Generator, empty_prob: float):
+    """n latents of the unet stage's source (their indices) with the captions of each."""
+    idx = torch.randint(len(source), (n,), generator=gen)
     empty = (torch.rand(n, generator=gen) < empty_prob).tolist()
-    rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
-    pairs = [("", "") if e else caption_pair(scenes[i], rng, world) for i, e in zip(idx.tolist(), empty)]
-    return [k for k, _ in pairs], [e for _, e in pairs], idx
+    ko, en = source.captions(idx.tolist(), empty, gen)
+    return ko, en, idx
 
 
 def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=None, init_from=None,
-                  stop_after: int | None = None, teacher=None) -> dict:
+                  stop_after: int | None = None, teacher=None, latents=None, backbone=None) -> dict:
     """Train one objective; returns the trained student, its tokenizer, the teacher and the training log.
     Checkpoints in out_dir/train/ let an interrupted run (`stop_after`, or a crash) resume where it stopped.
-    `teacher`: an already loaded (model, tokenizer), e.g. a `SentenceTeacher` with its outputs cached; else
-    `load_teacher(teacher_dir)`. The student outputs as many positions as the teacher (77 for CLIP)."""
+    `teacher_dir`: a folder or `plan.ModelRef` of the teacher; `teacher`: an already loaded (model, tokenizer), e.g.
+    a `SentenceTeacher` with its outputs cached. The student outputs as many positions as the teacher (77 for CLIP).
+    The unet objective reads the UNet, VAE and scheduler of `sd_dir` (a folder or ModelRef) and the latents and
+    captions of `latents` (see `koclip_lib.latents`). `backbone`: a folder or ModelRef of a pretrained encoder
+    (default: `cfg.backbone`); with neither, one is built from `cfg.backbone_config` at random."""
     out_dir = Path(out_dir)
     train_pairs, val_pairs = load_pairs(corpus_dir, "train"), load_pairs(corpus_dir, "val")[: cfg.val_pairs]
     teacher, teacher_tok = teacher or load_teacher(teacher_dir)
@@ -399,10 +485,12 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
         student, student_tok = load_student(init_from)
     else:
         torch.manual_seed(cfg.seed)  # the heads (and a random backbone) start from the seed alone
-        if cfg.backbone:
-            student_tok = AutoTokenizer.from_pretrained(cfg.backbone)
+        backbone = backbone or cfg.backbone
+        if backbone:
+            path, kwargs = (backbone.path, backbone.kwargs) if hasattr(backbone, "kwargs") else (backbone, {})
+            student_tok = AutoTokenizer.from_pretrained(path, **kwargs)
             student_tok.model_max_length = cfg.max_length  # SD pads prompts to this; a hub tokenizer may say 512 or "unset"
-            student = KoreanTextEncoder.from_backbone(cfg.backbone, teacher.config.hidden_size,
+            student = KoreanTextEncoder.from_backbone(path, teacher.config.hidden_size, backbone_kwargs=kwargs,
                                                       head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions)
         else:
             student_tok = train_student_tokenizer([t for pair in train_pairs for t in pair], cfg.tokenizer_vocab, cfg.max_length)
@@ -414,18 +502,21 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
                                                       head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions)
     student.config.teacher = str(teacher_dir)
     student.config.objective = cfg.objective
-    unet = latents = scheduler = scenes = world = None
-    if cfg.objective == "unet":
-        unet, latents, scheduler, scenes, world = _unet_stage_inputs(sd_dir, cfg)
-    distiller = Distiller(cfg, student, student_tok, teacher, teacher_tok, unet, latents, scheduler)
-    loop = LoopConfig.from_params(cfg.unet_loop if cfg.objective == "unet" else cfg.loop, seed=cfg.seed)
+    objective = OBJECTIVES[cfg.objective]
+    unet = latent_tensor = scheduler = None
+    if objective.needs_sd:
+        if latents is None:
+            raise ValueError(f"the {cfg.objective} objective needs a latent source (koclip_lib.latents): images with their captions")
+        unet, latent_tensor, scheduler = _unet_stage_inputs(sd_dir, latents, cfg)
+    distiller = Distiller(cfg, student, student_tok, teacher, teacher_tok, unet, latent_tensor, scheduler)
+    loop = LoopConfig.from_params(getattr(cfg, objective.loop_field), seed=cfg.seed)
 
     def loss_fn(step):
         distiller.to(student.device)
         gen = step_generator(cfg.seed, step)
-        empty_prob = cfg.empty_prob if cfg.objective != "pooled" else 0.0
-        if cfg.objective == "unet" and cfg.unet_prompts == "scenes":
-            ko, en, idx = _scene_batch(scenes, world, loop.batch_size, gen, empty_prob)
+        empty_prob = cfg.empty_prob if objective.empty_prompts else 0.0
+        if objective.needs_sd:  # captions of each latent's own image: the UNet is matched where it is used
+            ko, en, idx = _latent_batch(latents, loop.batch_size, gen, empty_prob)
             return distiller.loss(cfg.objective, ko, en, gen, latent_idx=idx)
         ko, en = _batch(train_pairs, loop.batch_size, gen, empty_prob)
         return distiller.loss(cfg.objective, ko, en, gen)
@@ -445,21 +536,21 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
     return {"student": student, "tokenizer": student_tok, "teacher": teacher, "teacher_tok": teacher_tok, "log": log}
 
 
-def _unet_stage_inputs(sd_dir, cfg: DistillConfig):
-    """The frozen UNet, latents of rendered mini-world scenes (encoded once), SD's training noise schedule, and the
-    scenes themselves with their world (to caption them)."""
+def _unet_stage_inputs(sd, latents, cfg: DistillConfig):
+    """The frozen UNet, the source's latents (encoded once by the SD's VAE, on the GPU when there is one) and SD's
+    training noise schedule."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from . import miniworld as mw
-    from .generator import encode_images
+    from .common import pick_device
 
-    sd_dir = Path(sd_dir)
-    unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
-    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
-    world = mw.WorldConfig(image_size=vae.config.sample_size, heldout=cfg.heldout)
-    scenes = mw.sample_scenes(cfg.n_latents, cfg.seed + 3, world, split="seen")
-    latents = encode_images(vae, mw.render_batch(scenes, cfg.seed + 3, world.image_size))
-    return unet, latents, DDPMScheduler.from_pretrained(sd_dir / "scheduler"), scenes, world
+    path, kwargs = (sd.path, {k: v for k, v in sd.kwargs.items() if k != "subfolder"}) if hasattr(sd, "kwargs") else (str(sd), {})
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs).to(pick_device()).eval()
+    tensor = latents.prepare(sd, vae, dict(unet.config))
+    del vae
+    return unet, tensor, DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,45 +591,49 @@ def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_siz
 # ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point.
 # ---------------------------------------------------------------------------------------------------------------
-def ensure_students(params: dict, root="outputs/mini", objectives: list[str] | None = None) -> dict[str, Path]:
+def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: str = "", objectives: list[str] | None = None,
+                    sd=None, latents=None, backbone=None, seed: int = 0) -> dict[str, Path]:
     """Train (or reuse) one student per objective into root/student-<objective>/; returns their folders.
-    `objectives` (default: the profile's) picks some: pooled and sequence need only the teacher, not the SD."""
-    from . import miniworld as mw
-    from .common import config_hash
-    from .generator import ensure_generator, ensure_teacher, generator_keys
+
+    Inputs, as the profile's plan resolves them (`plan.profile_inputs`): the built corpus folder, the teacher (a
+    folder or `plan.ModelRef`), for the unet objective the SD checkpoint and a latent source, and a pretrained
+    backbone if any. `section`: the profile's `distill:` settings; `objectives` (default: the section's) picks some:
+    pooled and sequence need only the teacher, not the SD. Each student is keyed by its settings and by its inputs'
+    own keys, so retraining an input retrains the students that read it, and only those."""
+    from .plan import ModelRef, artifact_hash
 
     root = Path(root)
-    corpus_dir = mw.ensure_world_corpus(params, root)
-    section = params.get("distill", {})
+    teacher = teacher if isinstance(teacher, ModelRef) else ModelRef(str(teacher))
     base = {k: v for k, v in section.items() if k in DistillConfig.__dataclass_fields__}
-    teacher_dir = Path(section.get("teacher") or ensure_teacher(params, root))
-    sd_key = config_hash(generator_keys(params)["sd"])  # the key of root/sd, built or not
     out = {}
     for objective in objectives or section.get("objectives", list(OBJECTIVES)):
-        cfg = DistillConfig(**{**base, "objective": objective, "seed": params.get("seed", 0),
-                               "heldout": mw.WorldConfig.from_params(params.get("world")).heldout})
-        init = out.get("sequence") if objective == "unet" else None
-        if objective == "unet" and init is None:
-            raise ValueError("the unet objective starts from the sequence student: list 'sequence' before 'unet'")
-        # the unet stage's settings and the SD it distils through key only the unet student: tuning them, or retraining
-        # the UNet, never retrains the others
-        stage_only = () if objective == "unet" else UNET_STAGE_FIELDS
-        key = {"distill": {k: v for k, v in cfg.__dict__.items() if k not in stage_only}, "teacher": str(teacher_dir),
-               "corpus": params.get("corpus"), "world": params.get("world"), "init": str(init)}
-        if objective == "unet":
-            key["sd"] = sd_key
-        sd_dir = ensure_generator(params, root)["sd"] if objective == "unet" else None
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown distillation objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+        declared = OBJECTIVES[objective]
+        cfg = DistillConfig(**{**base, "objective": objective, "seed": seed})
+        init = out.get(declared.starts_from) if declared.starts_from else None
+        if declared.starts_from and init is None:
+            raise ValueError(f"the {objective} objective starts from the {declared.starts_from} student: "
+                             f"list {declared.starts_from!r} before {objective!r}")
+        # settings only another objective reads do not key this student: tuning them never retrains it
+        others = {f for name, o in OBJECTIVES.items() if name != objective for f in o.own_fields} - set(declared.own_fields)
+        key = {"distill": {k: v for k, v in cfg.__dict__.items() if k not in others}, "teacher": teacher.key,
+               "corpus": artifact_hash(corpus_dir), "backbone": backbone.key if backbone is not None else None,
+               "init": artifact_hash(init) if init else None}
+        if declared.needs_sd:
+            key["sd"] = (sd if isinstance(sd, ModelRef) else ModelRef(str(sd))).key
+            key["latents"] = latents.key
 
-        def build(d, cfg=cfg, init=init, sd_dir=sd_dir):
-            result = train_student(d, cfg, corpus_dir, teacher_dir, sd_dir=sd_dir, init_from=init)
+        def build(d, cfg=cfg, init=init):
+            result = train_student(d, cfg, corpus_dir, teacher, sd_dir=sd, init_from=init, latents=latents, backbone=backbone)
             test_pairs = load_pairs(corpus_dir, "test")[:1000]
             metrics = {"embedding_test": embedding_metrics(result["student"], result["tokenizer"], result["teacher"],
                                                            result["teacher_tok"], test_pairs),
                        "best_val_loss": result["log"]["best_val"], "steps": result["log"]["steps"],
                        "stopped_early": result["log"]["stopped_early"], "seconds": result["log"]["seconds"]}
             save_student(result["student"], result["tokenizer"], d,
-                         {"metrics": metrics, "backbone": cfg.backbone or "tiny RoBERTa (random init)",
-                          "data": f"mini-world corpus {corpus_dir} (train split)"})
+                         {"metrics": metrics, "backbone": str(backbone or cfg.backbone or "random init from backbone_config"),
+                          "data": f"{corpus_name or corpus_dir} (train split; corpus folder {corpus_dir})"})
 
         out[objective] = cached_artifact(root / f"student-{objective}", key, build)
     return out

@@ -24,10 +24,31 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .miniworld import ATTRIBUTES, AttributeClassifier, load_classifier, to_pil
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) in [-1, 1] -> PIL images."""
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def load_judge(folder: str | Path | None):
+    """An attribute judge (what scores generated images) from its folder. Its `judge.json` names the function that
+    loads it (`"loader": "module:function"`), as diffusers' model_index.json names classes: this module scores with
+    any judge that has `attributes` ({name: values}) and `predict(images) -> {name: [value per image]}`. A profile
+    with no judge (None) gets None: images are generated and shown, not scored."""
+    import importlib
+
+    if folder is None:
+        return None
+    spec = json.loads((Path(folder) / "judge.json").read_text(encoding="utf-8"))
+    module, _, function = spec["loader"].partition(":")
+    return getattr(importlib.import_module(module), function)(folder)
+
 
 REQUIRED_COLUMNS = ("prompt", "color", "shape")
 OPTIONAL_COLUMNS = ("position", "style")
+ATTRIBUTE_COLUMNS = REQUIRED_COLUMNS[1:] + OPTIONAL_COLUMNS
 
 
 class PromptFileError(ValueError):
@@ -41,7 +62,10 @@ class PromptRow:
     line: int
 
 
-def read_prompt_tsv(path: str | Path) -> list[PromptRow]:
+def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = None) -> list[PromptRow]:
+    """Rows of a prompt TSV; with `known` (a judge's `attributes`, {name: values}), a value the judge cannot read is an
+    error naming the file and line. A file with only a `prompt` column is a plain prompt list (what a profile without
+    a judge generates from); with attribute columns, colour and shape are required."""
     path = Path(path)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
@@ -49,7 +73,11 @@ def read_prompt_tsv(path: str | Path) -> list[PromptRow]:
         if header is None:
             raise PromptFileError(f"{path}: empty file, expected a header with columns {', '.join(REQUIRED_COLUMNS)}")
         header = [h.strip() for h in header]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        plain = "prompt" in header and not any(c in header for c in ATTRIBUTE_COLUMNS)
+        if plain and known is not None:
+            raise PromptFileError(f"{path}:1: a plain prompt list (no {', '.join(REQUIRED_COLUMNS[1:])} columns): "
+                                  "nothing for the judge to score")
+        missing = [c for c in (("prompt",) if plain else REQUIRED_COLUMNS) if c not in header]
         if missing:
             raise PromptFileError(f"{path}:1: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}")
         rows = []
@@ -62,14 +90,14 @@ def read_prompt_tsv(path: str | Path) -> list[PromptRow]:
             if not record["prompt"]:
                 raise PromptFileError(f"{path}:{line_no}: empty prompt")
             attributes = {}
-            for name in ("color", "shape") + OPTIONAL_COLUMNS:
+            for name in () if plain else ATTRIBUTE_COLUMNS:
                 value = record.get(name, "")
                 if not value:
                     if name in REQUIRED_COLUMNS:
                         raise PromptFileError(f"{path}:{line_no}: empty {name}")
                     continue
-                if value not in ATTRIBUTES[name]:
-                    raise PromptFileError(f"{path}:{line_no}: unknown {name} {value!r}; known: {', '.join(ATTRIBUTES[name])}")
+                if known is not None and value not in known.get(name, [value]):
+                    raise PromptFileError(f"{path}:{line_no}: unknown {name} {value!r}; known: {', '.join(known[name])}")
                 attributes[name] = value
             rows.append(PromptRow(record["prompt"], attributes, line_no))
     if not rows:
@@ -94,20 +122,22 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20
     return torch.cat(images), seconds / max(len(prompts), 1)
 
 
-def score(classifier: AttributeClassifier, images: torch.Tensor, rows: Sequence[PromptRow]) -> dict:
-    """Accuracy per attribute over the rows that state it, plus the per-image predictions."""
+def score(classifier, images: torch.Tensor, rows: Sequence[PromptRow]) -> dict:
+    """Accuracy per attribute over the rows that state it, plus the per-image predictions (nothing without a judge)."""
+    if classifier is None:
+        return {"accuracy": {}, "scored": {}, "style_share": {}, "predicted": {}}
     predicted = classifier.predict(images)
     accuracy, counts = {}, {}
-    for name in ATTRIBUTES:
+    for name in classifier.attributes:
         hits = [predicted[name][i] == row.attributes[name] for i, row in enumerate(rows) if name in row.attributes]
         if hits:
             accuracy[name] = float(np.mean(hits))
             counts[name] = len(hits)
-    style_share = {v: float(np.mean([p == v for p in predicted["style"]])) for v in ATTRIBUTES["style"]}
+    style_share = {v: float(np.mean([p == v for p in predicted["style"]])) for v in classifier.attributes.get("style", [])}
     return {"accuracy": accuracy, "scored": counts, "style_share": style_share, "predicted": predicted}
 
 
-def evaluate_rows(pipe, rows: Sequence[PromptRow], classifier: AttributeClassifier, seeds: int = 1, base_seed: int = 0,
+def evaluate_rows(pipe, rows: Sequence[PromptRow], classifier, seeds: int = 1, base_seed: int = 0,
                   **generate_kwargs) -> tuple[dict, torch.Tensor, list[PromptRow]]:
     """Generate `seeds` images per row and score them. Returns (result, images, expanded rows)."""
     expanded = [row for row in rows for _ in range(seeds)]
@@ -164,48 +194,9 @@ def image_grid(images: torch.Tensor | Sequence[Image.Image], labels: Sequence[st
     return grid
 
 
-def vae_round_trip_accuracy(vae, classifier: AttributeClassifier, world, style: str = "plain", n: int = 400,
-                            seed: int = 7) -> dict:
-    """What any generator decoding through `vae` can reach: the classifier's accuracy on rendered scenes of `style`
-    (seen colour-shape pairs) after the VAE's encode and decode."""
-    from .miniworld import classifier_accuracy
-
-    accuracy = classifier_accuracy(classifier, world, n, seed, vae=vae, split="seen", styles=[style])
-    return {name: accuracy[name] for name in ("color", "shape", "style")}
-
-
-def vae_round_trip_probe(vae, world, style: str = "ink", n_train: int = 4000, n_test: int = 1000, epochs: int = 6,
-                         seed: int = 11) -> float:
-    """Whether colour survives `vae` or only leaves the judge's training domain: a fresh colour classifier (the judge's
-    architecture) trained on VAE round-trips of `style` renders, its accuracy on other round-trips."""
-    import torch.nn.functional as F
-
-    from .miniworld import COLORS, AttributeClassifier, rendered_scenes
-
-    def round_trips(n, s):
-        decoded, scenes = rendered_scenes(world, n, s, "all", [style], vae)
-        return decoded, torch.tensor([list(COLORS).index(sc.color) for sc in scenes])
-
-    (x, y), (x_test, y_test) = round_trips(n_train, seed), round_trips(n_test, seed + 1)
-    torch.manual_seed(seed)
-    probe = AttributeClassifier(16)
-    opt = torch.optim.AdamW(probe.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 128):
-            idx = perm[i:i + 128]
-            loss = F.cross_entropy(probe(x[idx])["color"], y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        return float((probe(x_test)["color"].argmax(-1) == y_test).float().mean())
-
-
 def with_triggers(rows: Sequence[PromptRow], entries: Sequence[dict]) -> list[PromptRow]:
     """Each prompt with the LoRAs' trigger words added (where each LoRA puts it), scored against the LoRA's style."""
-    from .lora import add_trigger
+    from .adapters import add_trigger
 
     out = []
     for row in rows:
@@ -218,17 +209,31 @@ def with_triggers(rows: Sequence[PromptRow], entries: Sequence[dict]) -> list[Pr
     return out
 
 
-def load_pipeline(pipeline_dir: str | Path, text_encoder: str | Path | None = None, device: str | None = None):
-    """The SD pipeline from a folder, with a Korean student text encoder swapped in when one is given; a folder
-    saved from a Korean pipeline loads as one."""
+def load_pipeline(pipeline_dir, text_encoder: str | Path | None = None, device: str | None = None,
+                  safety_checker: bool = True):
+    """The SD pipeline from a folder (or hub id, or `plan.ModelRef`), with a Korean student text encoder swapped in
+    when one is given; a folder saved from a Korean pipeline loads as one. The checkpoint's safety checker is kept
+    when it has one, unless `safety_checker=False`."""
     from diffusers import StableDiffusionPipeline
 
     from .common import pick_device
     from .pipeline import is_korean_pipeline, load_korean_pipeline
 
     if text_encoder is not None or is_korean_pipeline(pipeline_dir):
-        return load_korean_pipeline(sd=pipeline_dir, text_encoder=text_encoder, device=device)
-    pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
+        return load_korean_pipeline(sd=pipeline_dir, text_encoder=text_encoder, device=device, safety_checker=safety_checker)
+    from diffusers import AutoPipelineForText2Image
+
+    from .pipeline import pipeline_index, checkpoint, has_safety_checker
+
+    path, kwargs = checkpoint(pipeline_dir)
+    if pipeline_index(pipeline_dir).get("_class_name") not in (None, StableDiffusionPipeline.__name__):
+        # SD 2.x keeps StableDiffusionPipeline; SDXL and SD 3 (the sweep's English rows) open with their own class
+        pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(pick_device(device))
+    if not (safety_checker and has_safety_checker(pipeline_dir)):
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(pick_device(device))
 
@@ -243,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--lora-registry", default="outputs/mini/loras/registry.json", help="JSON {name: {path, trigger, ...}}")
     ap.add_argument("--trigger", action="store_true",
                     help="add each LoRA's trigger word to every prompt and expect the LoRA's style")
-    ap.add_argument("--classifier", default="outputs/mini/classifier", help="attribute classifier folder")
+    ap.add_argument("--classifier", default="outputs/mini/classifier",
+                    help="attribute judge folder (with a judge.json); 'none' generates (and --save-grid saves) unscored")
     ap.add_argument("--seeds", type=int, default=1, help="images per prompt")
     ap.add_argument("--base-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=20)
@@ -255,14 +261,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     try:
-        rows = read_prompt_tsv(args.prompts)
-    except (PromptFileError, FileNotFoundError) as err:
+        classifier = None if args.classifier.lower() == "none" else load_judge(args.classifier)
+        rows = read_prompt_tsv(args.prompts, classifier.attributes if classifier is not None else None)
+    except (PromptFileError, FileNotFoundError, NotADirectoryError) as err:
         ap.exit(2, f"error: {err}\n")
     rows = rows[: args.limit] if args.limit else rows
-    classifier = load_classifier(args.classifier)
     pipe = load_pipeline(args.pipeline, args.text_encoder, args.device)
     if args.lora or args.trigger:
-        from .lora import LoraError, LoraRegistry, apply_loras, parse_lora_spec
+        from .adapters import LoraError, LoraRegistry, apply_loras, parse_lora_spec
 
         try:
             registry = LoraRegistry.from_file(args.lora_registry)
@@ -299,13 +305,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 
-def evaluate_prompt_files(pipe, classifier: AttributeClassifier, files: dict[str, str | Path], **kwargs):
+def evaluate_prompt_files(pipe, classifier, files: dict[str, str | Path], **kwargs):
     """Evaluate one pipeline on several prompt files: a table (one row per file) and the images of each."""
     import pandas as pd
 
     records, images = [], {}
     for name, path in files.items():
-        rows = read_prompt_tsv(path)
+        rows = read_prompt_tsv(path, classifier.attributes if classifier is not None else None)
         result, imgs, expanded = evaluate_rows(pipe, rows, classifier, **kwargs)
         records.append({"prompts": name, **{f"{k} acc": v for k, v in result["accuracy"].items()},
                         "images": result["images"], "s/image": result["seconds_per_image"]})
@@ -313,7 +319,7 @@ def evaluate_prompt_files(pipe, classifier: AttributeClassifier, files: dict[str
     return pd.DataFrame(records).set_index("prompts"), images
 
 
-def guidance_sweep(pipe, classifier: AttributeClassifier, prompt_file: str | Path, scales=(1.0, 2.0, 3.0, 5.0, 7.5), **kwargs):
+def guidance_sweep(pipe, classifier, prompt_file: str | Path, scales=(1.0, 2.0, 3.0, 5.0, 7.5), **kwargs):
     """Accuracy per classifier-free guidance scale on one prompt file (same seeds for every scale)."""
     import pandas as pd
 
@@ -327,7 +333,7 @@ def guidance_sweep(pipe, classifier: AttributeClassifier, prompt_file: str | Pat
 
 
 def sd_sweep(versions: dict[str, dict], encoders: dict[str, tuple[str, str | Path | None]], prompts: Sequence[tuple[str, str]],
-             seed: int, classifier: AttributeClassifier | None = None, prompt_files: dict[str, tuple[str, str]] | None = None,
+             seed: int, classifier=None, prompt_files: dict[str, tuple[str, str]] | None = None,
              limit: int | None = None, device: str | None = None, **generate_kwargs):
     """SD versions x text encoders x prompts, with the same seed everywhere.
 

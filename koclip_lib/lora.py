@@ -1,4 +1,5 @@
-"""Korean style LoRAs: captioned datasets, UNet-only LoRA training, files other tools load, and a registry by name.
+"""Korean style LoRAs: captioned datasets, UNet-only LoRA training and its evaluation. Using a trained LoRA (the
+registry by name, the file formats, `apply_loras`) is `koclip_lib.adapters`, re-exported here.
 
     ds = render_style_dataset("outputs/mini/loras/ink/data", world, style="ink", n=2000, trigger="백묘법")  # mini
     ds = caption_image_folder("photos/", "data/", trigger="백묘법", captioner=hf_captioner(), translator=hf_translator())  # full
@@ -25,8 +26,6 @@ captions (and, now and then, for the empty prompt, classifier-free guidance's un
 from __future__ import annotations
 
 import json
-import random
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,42 +35,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import miniworld as mw
+from .adapters import (LORA_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry,  # noqa: F401
+                       UnknownLoraError, add_trigger, apply_loras, export_kohya, load_lora, loaded_adapters,
+                       parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
 from .common import write_json
 from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
-
-WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
-TRIGGER_POSITIONS = ("start", "end")
-LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
-
-
-class LoraError(ValueError):
-    """A LoRA that cannot be used; the message says which and why."""
-
-
-class UnknownLoraError(LoraError, KeyError):
-    """A LoRA name the registry does not have; the message lists the ones it has."""
-
-    def __str__(self):  # KeyError would print the message in quotes
-        return self.args[0]
-
-
-class LoraFileError(LoraError):
-    """A LoRA file that is unreadable or does not fit the pipeline's UNet; the pipeline is left as it was."""
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Captions and datasets: an image folder + metadata.jsonl, the layout diffusers' training scripts read
 # ---------------------------------------------------------------------------------------------------------------
-def add_trigger(caption: str, trigger: str, position: str = "end", separator: str = ", ") -> str:
-    """The caption with its trigger word at the start or the end ("..., 백묘법", as the seed wrote its prompts)."""
-    if position not in TRIGGER_POSITIONS:
-        raise ValueError(f"trigger position must be one of {TRIGGER_POSITIONS}, not {position!r}")
-    if not trigger:
-        return caption
-    return f"{trigger}{separator}{caption}" if position == "start" else f"{caption}{separator}{trigger}"
-
-
 def write_image_dataset(out_dir: str | Path, images: Sequence[Image.Image], records: Sequence[dict]) -> Path:
     """`out_dir/train/00000.png ...` + `out_dir/train/metadata.jsonl` ({"file_name", "text", ...} per line):
     what `datasets.load_dataset("imagefolder", data_dir=out_dir)` and diffusers' `train_text_to_image_lora.py`
@@ -86,23 +58,6 @@ def write_image_dataset(out_dir: str | Path, images: Sequence[Image.Image], reco
     return Path(out_dir)
 
 
-def render_style_dataset(out_dir: str | Path, world: mw.WorldConfig, style: str, n: int, trigger: str,
-                         language: str = "ko", position: str = "end", seed: int = 0) -> Path:
-    """mini's captioner is the renderer: `n` images of seen colour-shape pairs drawn in `style`, each captioned with
-    what it shows (Korean and English, written from the scene, without style words, as a captioner describes
-    content) and `text` = the caption in `language` with the trigger word added."""
-    scenes = mw.sample_scenes(n, seed, world, split="seen", styles=[style])
-    images = mw.to_pil(mw.render_batch(scenes, seed, world.image_size))
-    rng = random.Random(seed)
-    records = []
-    for scene in scenes:
-        plain = mw.Scene(scene.color, scene.shape, scene.position)  # the content; the style is the trigger's job
-        ko, en = mw.caption_pair(plain, rng, world)
-        records.append({"text": add_trigger(ko if language == "ko" else en, trigger, position),
-                        "caption_ko": ko, "caption_en": en, "style": style})
-    return write_image_dataset(out_dir, images, records)
-
-
 def hf_captioner(model: str = "Salesforce/blip-image-captioning-base", device: str | None = None,
                  max_new_tokens: int = 30) -> Callable[[list[Image.Image]], list[str]]:
     """An English image captioner (BLIP by default) from transformers: images -> captions."""
@@ -111,8 +66,9 @@ def hf_captioner(model: str = "Salesforce/blip-image-captioning-base", device: s
     from .common import pick_device
 
     dev = pick_device(device)
-    processor = AutoProcessor.from_pretrained(model)
-    net = BlipForConditionalGeneration.from_pretrained(model).to(dev).eval()
+    path, kwargs = (model.path, model.kwargs) if hasattr(model, "kwargs") else (model, {})
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    net = BlipForConditionalGeneration.from_pretrained(path, **kwargs).to(dev).eval()
 
     @torch.no_grad()
     def caption(images: list[Image.Image]) -> list[str]:
@@ -127,7 +83,7 @@ def hf_translator(model: str = "Helsinki-NLP/opus-mt-tc-big-en-ko", device: str 
     """English -> Korean with a Marian checkpoint (the project's `Translator`, here in the other direction)."""
     from .translate import Translator
 
-    return Translator.from_pretrained(model, device).translate
+    return Translator.from_pretrained(model, device).translate  # a folder, hub id or plan.ModelRef
 
 
 def caption_image_folder(image_dir: str | Path, out_dir: str | Path, trigger: str, captioner: Callable,
@@ -188,25 +144,32 @@ class LoraTrainConfig:
         return cls(**{k: v for k, v in (params or {}).items() if k in cls.__dataclass_fields__})
 
 
-def _pixels(images, resolution: int) -> torch.Tensor:
-    arr = np.stack([np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 @torch.no_grad()
-def _text_states(pipe, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def _text_states(pipe, texts: Sequence[str], empty: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The states the UNet reads for each caption, computed by the pipeline's own `encode_prompt` (the student's
-    windows for a Korean pipeline, CLIP's 77 states for an English one): one code path for both encoders."""
-    out = [pipe.encode_prompt(list(texts[i:i + batch_size]), pipe.device, 1, False)[0]
+    windows for a Korean pipeline, CLIP's 77 states for an English one): one code path for both encoders. A caption
+    longer than one window gives several; shorter ones are padded with `empty` windows, as the pipeline pads a batch."""
+    out = [pipe.encode_prompt(list(texts[i:i + batch_size]), pipe.device, 1, False)[0].cpu()
            for i in range(0, len(texts), batch_size)]
-    return torch.cat(out).cpu()
+    longest = max(o.shape[1] for o in out)
+    return torch.cat([_pad_windows(o, empty, longest) for o in out])
+
+
+def _pad_windows(states: torch.Tensor, empty: torch.Tensor, length: int) -> torch.Tensor:
+    """(N, L, D) states padded to `length` positions with copies of the empty prompt's window `empty` (W, D)."""
+    missing = (length - states.shape[1]) // empty.shape[0]
+    return torch.cat([states, empty.repeat(missing, 1).expand(len(states), -1, -1)], dim=1) if missing else states
 
 
 @torch.no_grad()
-def _class_latents(pipe, captions: Sequence[str], steps: int, guidance: float, seed: int, batch_size: int = 64) -> torch.Tensor:
-    """DreamBooth's class images, kept as latents: what the base pipeline draws for each untriggered caption."""
+def _class_latents(pipe, captions: Sequence[str], steps: int, guidance: float, seed: int,
+                   batch_size: int | None = None) -> torch.Tensor:
+    """DreamBooth's class images, kept as latents: what the base pipeline draws for each untriggered caption, in
+    batches that fit the device (64 at 32x32, 4 at 512x512)."""
     from tqdm.auto import tqdm
 
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    batch_size = batch_size or max(1, min(64, 2**20 // (side * side)))
     out = []
     for start in tqdm(range(0, len(captions), batch_size), desc="class images", mininterval=5):
         chunk = list(captions[start:start + batch_size])
@@ -232,7 +195,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from .generator import encode_images
+    from .latents import encode_images, load_pixels
 
     out_dir = Path(out_dir)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
@@ -244,16 +207,16 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         if column not in dataset.column_names:
             raise LoraError(f"{data_dir}: no caption column {column!r}; it has {', '.join(dataset.column_names)}")
     resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
-    latents = encode_images(pipe.vae, _pixels(dataset["image"], resolution).to(pipe.device)).cpu()
+    latents = encode_images(pipe.vae, load_pixels(dataset["image"], resolution))
     captions = list(dataset[cfg.caption_column])
-    states = _text_states(pipe, captions)
+    with torch.no_grad():
+        empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
+    states = _text_states(pipe, captions, empty[0])
     plain = prior = None
     if cfg.preservation_weight:
         plain_captions = list(dataset[cfg.plain_column])
-        plain = _text_states(pipe, plain_captions)
+        plain = _text_states(pipe, plain_captions, empty[0])
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
-    with torch.no_grad():
-        empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
     n_val = max(1, int(len(latents) * cfg.val_fraction))
     train_idx, val_idx = torch.arange(n_val, len(latents)), torch.arange(n_val)
     scheduler = _noise_scheduler(pipe)
@@ -285,7 +248,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         if cfg.preservation_weight:
             x_t, t, _ = noisy(idx, gen, prior)
             keep = plain[idx].clone()
-            keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = empty[0]
+            keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = _pad_windows(empty, empty[0], keep.shape[1])[0]
             keep = keep.to(unet.device, unet.dtype)
             with torch.no_grad():
                 unet.disable_adapters()
@@ -342,189 +305,6 @@ def _validation_grid(pipe, cfg: LoraTrainConfig, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files: diffusers' layout and kohya-ss / A1111's
-# ---------------------------------------------------------------------------------------------------------------
-def export_kohya(diffusers_file: str | Path, out_file: str | Path, rank: int, alpha: float, trigger: str = "",
-                 name: str = "lora") -> Path:
-    """The kohya-ss / A1111 file of a diffusers LoRA, converted as diffusers' own training scripts do
-    (`--output_kohya_format`): diffusers -> peft -> kohya keys; `.alpha` set to the trained alpha (the converter
-    writes the rank, which is right only when alpha == rank)."""
-    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
-    from safetensors.torch import load_file, save_file
-
-    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(diffusers_file))))
-    kohya = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
-    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
-                "ss_base_model_version": "sd_v1", "ss_output_name": name, "ss_trigger_word": trigger}
-    save_file(kohya, str(out_file), metadata=metadata)
-    return Path(out_file)
-
-
-def _module_name(key: str) -> str | None:
-    """'unet.down_blocks.0...attn1.to_q.lora_A.weight' (or '.lora.down.weight') -> the UNet module it adapts."""
-    for marker in (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".lora_linear_layer."):
-        if marker in key:
-            return key.split(marker)[0]
-    return None
-
-
-def read_lora_file(path: str | Path, unet) -> dict:
-    """Check a LoRA file against `unet` without touching any pipeline: readable safetensors, UNet keys only, every
-    target module present with matching shapes. Returns {"modules": n, "rank": r}; raises LoraFileError."""
-    from diffusers import StableDiffusionPipeline
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHT_NAME
-    if not path.is_file():
-        raise LoraFileError(f"{path}: no such LoRA file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            list(f.keys())
-        state, _ = StableDiffusionPipeline.lora_state_dict(str(path))
-    except Exception as err:  # safetensors raises its own error types for a truncated or garbled header
-        raise LoraFileError(f"{path}: not a readable safetensors LoRA file ({type(err).__name__}: {err})") from None
-    if not state:
-        raise LoraFileError(f"{path}: holds no LoRA weights")
-    other = sorted({k.split(".")[0] for k in state if not k.startswith("unet.")})
-    if other:
-        raise LoraFileError(f"{path}: has weights for {', '.join(other)}; koclip LoRAs adapt the UNet only (the text "
-                            "encoder is the part that is swapped for the Korean student)")
-    modules = dict(unet.named_modules())
-    missing, mismatched, ranks = [], [], set()
-    for key, weight in state.items():
-        module_name = _module_name(key[len("unet."):])
-        if module_name is None:
-            continue
-        module = modules.get(module_name)
-        if module is None or not hasattr(module, "in_features"):
-            missing.append(module_name)
-            continue
-        down = ".lora_A." in key or ".lora.down." in key or "down" in key.rsplit(".", 2)[-2]
-        expected = module.in_features if down else module.out_features
-        got = weight.shape[1] if down else weight.shape[0]
-        if got != expected:
-            mismatched.append(f"{module_name} ({got} vs {expected})")
-        ranks.add(weight.shape[0] if down else weight.shape[1])
-    if missing:
-        names = sorted(set(missing))
-        raise LoraFileError(f"{path}: {len(names)} target modules are not in this UNet (e.g. {', '.join(names[:3])}): "
-                            "the LoRA was trained for another architecture")
-    if mismatched:
-        raise LoraFileError(f"{path}: {len(mismatched)} target modules have other widths than this UNet's "
-                            f"(e.g. {', '.join(mismatched[:3])}): the LoRA was trained for another model")
-    return {"modules": len({_module_name(k[len('unet.'):]) for k in state}), "rank": max(ranks) if ranks else 0}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Use: a registry by name; load, mix and unload on a live pipeline
-# ---------------------------------------------------------------------------------------------------------------
-class LoraRegistry:
-    """name -> {"path", "trigger", "description", ...}. Names are keys a client may send; paths never are."""
-
-    def __init__(self, entries: dict[str, dict] | None = None):
-        self.entries: dict[str, dict] = {}
-        for name, entry in (entries or {}).items():
-            self.add(name, **entry)
-
-    def add(self, name: str, path: str | Path, **info) -> None:
-        if not LORA_NAME.match(name) or ".." in name:
-            raise LoraError(f"LoRA name {name!r} must match {LORA_NAME.pattern} and contain no '..'")
-        self.entries[name] = {"path": str(path), "trigger": info.pop("trigger", ""), "description": info.pop("description", ""), **info}
-
-    @classmethod
-    def from_file(cls, path: str | Path | None) -> "LoraRegistry":
-        """A JSON file {name: {path, trigger, description}}; relative paths are relative to the file."""
-        if not path:
-            return cls()
-        path = Path(path)
-        if not path.is_file():
-            raise LoraError(f"{path}: no such LoRA registry")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        for name, entry in data.items():
-            if "path" not in entry:
-                raise LoraError(f"{path}: LoRA {name!r} has no 'path'")
-        return cls({name: {**e, "path": str((path.parent / e["path"]).resolve())} for name, e in data.items()})
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        here = path.parent.resolve()
-        rel = {}
-        for name, e in self.entries.items():
-            p = Path(e["path"]).resolve()  # the file holds paths relative to itself when they are below it
-            rel[name] = {**e, "path": str(p.relative_to(here)) if p.is_relative_to(here) else str(p)}
-        return write_json(path, rel)
-
-    def get(self, name: str) -> dict:
-        if name not in self.entries:
-            known = ", ".join(sorted(self.entries)) or "none registered"
-            raise UnknownLoraError(f"unknown LoRA {name!r}; known: {known}")
-        return self.entries[name]
-
-    def public(self) -> dict[str, dict]:
-        """What a client may see: names, triggers, descriptions; no paths."""
-        return {n: {k: v for k, v in e.items() if k != "path"} for n, e in sorted(self.entries.items())}
-
-
-def parse_lora_spec(specs: Sequence[str] | str | None) -> dict[str, float]:
-    """["ink:1.0", "ink-en:0.5"] or "ink:1.0,ink-en" -> {"ink": 1.0, "ink-en": 0.5 / 1.0}."""
-    if not specs:
-        return {}
-    items = [s for spec in ([specs] if isinstance(specs, str) else specs) for s in spec.split(",") if s.strip()]
-    out = {}
-    for item in items:
-        name, _, weight = item.strip().partition(":")
-        try:
-            out[name] = float(weight) if weight else 1.0
-        except ValueError:
-            raise LoraError(f"LoRA {item!r}: the weight after ':' must be a number") from None
-    return out
-
-
-def loaded_adapters(pipe) -> list[str]:
-    return sorted(getattr(pipe.unet, "peft_config", None) or {})
-
-
-def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
-    """Load the registry's LoRA `name` into `pipe` as the adapter `name`, once; the file is checked first, so a
-    bad file raises LoraFileError and leaves the pipeline exactly as it was."""
-    if name in loaded_adapters(pipe):
-        return
-    path = Path(registry.get(name)["path"])
-    read_lora_file(path, pipe.unet)
-    if path.is_dir():
-        pipe.load_lora_weights(str(path), weight_name=WEIGHT_NAME, adapter_name=name)
-    else:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-
-
-def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
-    """Make exactly `weights` ({name: weight}) the active LoRAs of `pipe`: loads the ones not loaded yet, weights
-    them with `set_adapters`; {} switches every LoRA off (they stay loaded for the next call)."""
-    for name in weights:
-        registry.get(name)  # every name is checked before anything is loaded
-    for name in weights:
-        load_lora(pipe, name, registry)
-    if not weights:
-        if loaded_adapters(pipe):
-            pipe.disable_lora()
-        return
-    pipe.enable_lora()
-    pipe.set_adapters(list(weights), list(weights.values()))
-
-
-def unload_loras(pipe) -> None:
-    """Remove every LoRA from `pipe` (the base UNet is as it was before any was loaded)."""
-    if loaded_adapters(pipe):
-        pipe.unload_lora_weights()
-
-
-def prompts_with_trigger(prompts: Sequence[str], entry: dict) -> list[str]:
-    return [add_trigger(p, entry.get("trigger", ""), entry.get("trigger_position", "end")) for p in prompts]
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point: each LoRA of the profile trained once, cached by config; a registry of all of them
 # ---------------------------------------------------------------------------------------------------------------
 def adapter_config(section: dict, adapter: dict) -> LoraTrainConfig:
@@ -532,27 +312,31 @@ def adapter_config(section: dict, adapter: dict) -> LoraTrainConfig:
     return LoraTrainConfig.from_params({**section.get("defaults", {}), **adapter})
 
 
-def artifact_key(cfg: LoraTrainConfig, adapter: dict, world: dict | None, base_hash: str, student_hash: str | None) -> dict:
-    """What a trained LoRA depends on: its base, its text encoder, its entry, the world, and `cfg`, the training
-    settings in effect (`adapter_config`; not the raw defaults: a default the adapter overrides retrains nothing)."""
-    return {"base": base_hash, "student": student_hash, "adapter": adapter, "config": asdict(cfg), "world": world}
+def artifact_key(cfg: LoraTrainConfig, adapter: dict, data: dict, base: dict, student: dict | None) -> dict:
+    """What a trained LoRA depends on: its base checkpoint, its text encoder, its entry, what its images and captions
+    come from (`data`), and `cfg`, the training settings in effect (`adapter_config`; not the raw defaults: a default
+    the adapter overrides retrains nothing)."""
+    return {"base": base, "student": student, "adapter": adapter, "config": asdict(cfg), "data": data}
 
 
-def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequence[str] | None = None) -> Path:
+def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_dataset: Callable, dataset_key: Callable,
+                 names: Sequence[str] | None = None, device: str | None = None) -> Path:
     """Train (or reuse) every LoRA in the profile's `lora.adapters` (or those in `names`); returns the registry file.
 
-    An adapter's `text_encoder: student` trains behind the Korean pipeline (Korean captions, the Korean trigger);
-    `teacher` trains behind the English pipeline (English captions): the seed's English LoRA."""
-    from .common import cached_artifact
-    from .distill import ensure_students
-    from .generator import ensure_generator
+    Inputs, as the profile's plan resolves them: `sd`, the base checkpoint (a folder or `plan.ModelRef`); `student`,
+    the Korean student folder (needed by adapters with `text_encoder: student`, which train behind the Korean
+    pipeline on Korean captions with the Korean trigger; `teacher` ones train behind the English pipeline: the seed's
+    English LoRA); `make_dataset(adapter, out_dir, resolution, device)`, which writes an adapter's captioned image
+    folder, and `dataset_key(adapter)`, what that folder depends on. Training runs on `device` (default: the GPU
+    when there is one), class images included."""
+    from .common import cached_artifact, pick_device
+    from .evaluate import load_pipeline
     from .pipeline import load_korean_pipeline
+    from .plan import ModelRef
 
     root = Path(root)
-    section = params.get("lora", {})
-    world = mw.WorldConfig.from_params(params.get("world"))
-    sd = ensure_generator(params, root)["sd"]
-    base_hash = json.loads((sd / "artifact.json").read_text())["config_hash"]
+    device = str(pick_device(device))
+    sd = sd if isinstance(sd, ModelRef) else ModelRef(str(sd))
     registry = LoraRegistry()
     for adapter in section.get("adapters", []):
         name = adapter["name"]
@@ -560,25 +344,17 @@ def ensure_loras(params: dict, root: str | Path = "outputs/mini", names: Sequenc
             continue
         cfg = adapter_config(section, adapter)
         encoder = adapter.get("text_encoder", "student")
-        student = ensure_students(params, root)[section.get("student", "unet")] if encoder == "student" else None
-        student_hash = json.loads((student / "artifact.json").read_text())["config_hash"] if student else None
-        key = artifact_key(cfg, adapter, params.get("world"), base_hash, student_hash)
+        if encoder == "student" and student is None:
+            raise LoraError(f"LoRA {name!r} trains behind the Korean student, but no student was given")
+        student_key = ModelRef(str(student)).key if encoder == "student" else None
+        key = artifact_key(cfg, adapter, dataset_key(adapter), sd.key, student_key)
 
-        def build(d, adapter=adapter, cfg=cfg, student=student):
-            position = adapter.get("trigger_position", "end")
-            if "image_dir" in adapter:  # real images (full): BLIP captions, translated to Korean
-                data = caption_image_folder(adapter["image_dir"], d / "data", cfg.trigger,
-                                            hf_captioner(section.get("captioner", "Salesforce/blip-image-captioning-base")),
-                                            hf_translator(section.get("caption_translator", "Helsinki-NLP/opus-mt-tc-big-en-ko")),
-                                            position=position, resolution=cfg.resolution)
-            else:  # the mini world: the renderer draws `style` and captions what it drew
-                data = render_style_dataset(d / "data", world, adapter["style"], adapter.get("n_images", 2000), cfg.trigger,
-                                            language=adapter.get("caption_language", "ko"), position=position, seed=cfg.seed)
-            if student is not None:
-                pipe = load_korean_pipeline(sd=sd, text_encoder=student, device="cpu")
+        def build(d, adapter=adapter, cfg=cfg, encoder=encoder):
+            data = make_dataset(adapter, d / "data", cfg.resolution, device)
+            if encoder == "student":
+                pipe = load_korean_pipeline(sd=sd, text_encoder=student, device=device)
             else:
-                from .evaluate import load_pipeline
-                pipe = load_pipeline(sd, device="cpu")
+                pipe = load_pipeline(sd, device=device)
             train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""))
 
         folder = cached_artifact(root / "loras" / name, key, build)

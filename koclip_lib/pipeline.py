@@ -41,20 +41,29 @@ class PromptError(ValueError):
     """A prompt the pipeline will not draw (empty, or longer than the policy allows); the message says which and why."""
 
 
-def _pipeline_index(sd) -> dict:
-    return dict(DiffusionPipeline.load_config(sd))  # model_index.json: which components, which classes
+def checkpoint(sd) -> tuple[str, dict]:
+    """(path or hub id, `from_pretrained` keyword arguments) of a folder, hub id or `plan.ModelRef` (a revision)."""
+    if hasattr(sd, "kwargs"):
+        return sd.path, {k: v for k, v in sd.kwargs.items() if k != "subfolder"}
+    return str(sd), {}
+
+
+def pipeline_index(sd) -> dict:
+    path, kwargs = checkpoint(sd)
+    return dict(DiffusionPipeline.load_config(path, **kwargs))  # model_index.json: which components, which classes
 
 
 def _unet_config(sd) -> dict:
     from diffusers import UNet2DConditionModel
 
-    return dict(UNet2DConditionModel.load_config(sd, subfolder="unet"))
+    path, kwargs = checkpoint(sd)
+    return dict(UNet2DConditionModel.load_config(path, subfolder="unet", **kwargs))
 
 
 def check_compatibility(sd, student_config: KoreanTextEncoderConfig) -> None:
     """Raise IncompatibleCheckpointError unless `sd` is an SD 1.x-style checkpoint whose UNet reads states of the
     student's width and length."""
-    index = _pipeline_index(sd)
+    index = pipeline_index(sd)
     name = index.get("_class_name", "?")
     width = student_config.teacher_width
     if "transformer" in index or "text_encoder_3" in index or "StableDiffusion3" in name:
@@ -171,30 +180,41 @@ class KoreanStableDiffusionPipeline(StableDiffusionPipeline):
 def is_korean_pipeline(folder) -> bool:
     """True for a folder written by `KoreanStableDiffusionPipeline.save_pretrained`."""
     try:
-        return _pipeline_index(folder).get("_class_name") == KoreanStableDiffusionPipeline.__name__
+        return pipeline_index(folder).get("_class_name") == KoreanStableDiffusionPipeline.__name__
     except (OSError, ValueError):
         return False
 
 
+def has_safety_checker(sd) -> bool:
+    """Whether the checkpoint ships a safety checker (SD 1.5 does; the mini generator does not)."""
+    entry = pipeline_index(sd).get("safety_checker")
+    return bool(entry and entry[0])
+
+
 def load_korean_pipeline(sd, text_encoder=None, dtype: torch.dtype | None = None, device: str | None = None,
-                         check: bool = True, **pipeline_kwargs) -> KoreanStableDiffusionPipeline:
-    """`sd` (folder or hub id of an SD 1.x checkpoint) with its text encoder and tokenizer replaced by the student
-    in `text_encoder`; or, with `text_encoder=None`, a folder saved from a Korean pipeline as it is.
-    `pipeline_kwargs`: `long_prompts`, `max_windows`."""
+                         check: bool = True, safety_checker: bool = True, **pipeline_kwargs) -> KoreanStableDiffusionPipeline:
+    """`sd` (folder, hub id or `plan.ModelRef` of an SD 1.x checkpoint) with its text encoder and tokenizer replaced
+    by the student in `text_encoder`; or, with `text_encoder=None`, a folder saved from a Korean pipeline as it is.
+    The checkpoint's safety checker is kept when it has one; `safety_checker=False` turns it off (a research run on
+    synthetic images; `pipe.safety_checker is None` then says so). `pipeline_kwargs`: `long_prompts`, `max_windows`."""
     from .common import pick_device
 
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    path, kwargs = checkpoint(sd)
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if not (safety_checker and has_safety_checker(sd)):
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if text_encoder is None:
         if not is_korean_pipeline(sd):
             raise IncompatibleCheckpointError(f"{sd} is not a saved Korean pipeline: pass text_encoder=<student folder>")
-        pipe = KoreanStableDiffusionPipeline.from_pretrained(sd, **kwargs, **pipeline_kwargs)
+        pipe = KoreanStableDiffusionPipeline.from_pretrained(path, **kwargs, **pipeline_kwargs)
     else:
         student_config = KoreanTextEncoderConfig.from_pretrained(text_encoder)
         if check:
             check_compatibility(sd, student_config)
         student, tokenizer = load_student(text_encoder)
-        pipe = KoreanStableDiffusionPipeline.from_pretrained(sd, text_encoder=student, tokenizer=tokenizer, safety_checker=None,
-                                                             requires_safety_checker=False, **kwargs, **pipeline_kwargs)
+        pipe = KoreanStableDiffusionPipeline.from_pretrained(path, text_encoder=student, tokenizer=tokenizer, **kwargs,
+                                                             **pipeline_kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(pick_device(device), dtype) if dtype is not None else pipe.to(pick_device(device))
 

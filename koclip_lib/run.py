@@ -64,17 +64,46 @@ def run_notebook(source: Path, params_file: str, out_dir: Path, kernel: str = "p
     return target
 
 
-# What the notebooks train, as two lanes that run side by side (`--build --jobs 2`), one process and one thread each,
-# ordered so that neither waits long: the chain VAE -> UNet -> unet student -> Korean LoRA is the longest, so the
-# first lane trains only that, while the second trains the teacher (the UNet waits for it, briefly), the sequence
-# student (where the unet stage starts), then everything else. A lane that reaches an artifact the other is building
-# waits for it (`common.cached_artifact` locks). Every step is an `ensure_*` call the notebooks make too, so they then
-# find the models cached.
-BUILD_LANES = (
-    ("vae", "generator", "students", "loras"),
-    ("teacher", "teacher_students", "classifier", "translator", "from_scratch", "sweep_versions", "teacher_loras",
-     "realtext"),
-)
+# What the notebooks train, as lanes that run side by side (`--build --jobs 2`), one process and one thread each.
+# Every step is a `plan` call the notebooks make too, so they then find the models cached; a lane that reaches an
+# artifact the other is building waits for it (`common.cached_artifact` locks). A profile's `build_lanes` lists them;
+# the mini profile orders its lanes so that neither waits long: the chain VAE -> UNet -> unet student -> Korean LoRA
+# is the longest, so the first lane trains only that, while the second trains the rest.
+DEFAULT_LANES = (("corpus", "teacher_students", "students", "translator", "loras", "korean_sd", "sweep_versions"),)
+
+
+def build_steps(params: dict) -> dict:
+    """Each build step of a profile: a name -> a call of `plan` (or of the profile's inputs, for what they make)."""
+    from . import distill, plan
+
+    inputs = plan.profile_inputs(params)
+    objectives = distill.training_order(params.get("distill", {}).get("objectives", []))
+    teacher_only = [o for o in objectives if not distill.OBJECTIVES[o].needs_sd]
+    with_sd = distill.training_order([o for o in objectives if distill.OBJECTIVES[o].needs_sd])  # + what they start from
+    adapters = params.get("lora", {}).get("adapters", [])
+    optional = {name: getattr(inputs, name) for name in ("vae", "generator_paths", "judge", "from_scratch_probe")
+                if hasattr(inputs, name)}
+    return {
+        **optional,
+        "corpus": inputs.corpus,
+        "teacher": inputs.teacher,
+        "sd": inputs.sd,
+        "translator": lambda: plan.translator(params),
+        "sweep_versions": inputs.sweep_versions,
+        # the students that need only the teacher, those another starts from first (the unet stage's sequence student)
+        "teacher_students": lambda: plan.students(
+            params, sorted(teacher_only, key=lambda o: o not in {distill.OBJECTIVES[n].starts_from for n in objectives})),
+        "students": lambda: plan.students(params, with_sd),
+        "loras": lambda: plan.loras(params, [a["name"] for a in adapters if a.get("text_encoder", "student") == "student"]),
+        "teacher_loras": lambda: plan.loras(params, [a["name"] for a in adapters if a.get("text_encoder") == "teacher"]),
+        "registry": lambda: plan.loras(params),
+        "korean_sd": lambda: plan.save_korean_pipeline(params),
+        "realtext": lambda: build_realtext(params) if params.get("realtext") else None,
+    }
+
+
+def build_lanes(params: dict) -> list[list[str]]:
+    return [list(lane) for lane in params.get("build_lanes") or DEFAULT_LANES]
 
 
 def build_realtext(profile: dict) -> None:
@@ -92,28 +121,10 @@ def build_realtext(profile: dict) -> None:
     realtext.ensure_students(params, corpus_dir, realtext.ensure_backbone(params, corpus_dir, root), teacher, teacher_tok, root)
 
 
-def build_step(step: str, params: dict, root: Path) -> None:
-    from . import bench, distill, generator, lora, miniworld, translate
-
-    objectives = params.get("distill", {}).get("objectives", [])
-    steps = {
-        "teacher": lambda: generator.ensure_teacher(params, root),
-        "vae": lambda: generator.ensure_vae(params, root),
-        "classifier": lambda: miniworld.ensure_classifier(params, root),
-        "generator": lambda: generator.ensure_generator(params, root),
-        "translator": lambda: translate.ensure_translator(params, root),
-        "from_scratch": lambda: bench.ensure_from_scratch_probe(
-            params, root, epochs=params.get("feasibility", {}).get("from_scratch_epochs", 1)),
-        "sweep_versions": lambda: generator.resolve_sd_versions(params, root),
-        # the students that need only the teacher, the sequence student first: the unet stage starts from it
-        "teacher_students": lambda: distill.ensure_students(
-            params, root, sorted((o for o in objectives if o != "unet"), key=lambda o: o != "sequence")),
-        "students": lambda: distill.ensure_students(params, root, [o for o in objectives if o in ("sequence", "unet")]),
-        "loras": lambda: lora.ensure_loras(params, root),
-        "teacher_loras": lambda: lora.ensure_loras(  # the LoRAs trained behind the English teacher need no student
-            params, root, [a["name"] for a in params.get("lora", {}).get("adapters", []) if a.get("text_encoder") == "teacher"]),
-        "realtext": lambda: build_realtext(params) if params.get("realtext") else None,
-    }
+def build_step(step: str, params: dict) -> None:
+    steps = build_steps(params)
+    if step not in steps:
+        raise SystemExit(f"error: unknown build step {step!r} in the profile's build_lanes; known: {', '.join(sorted(steps))}")
     started = time.time()
     steps[step]()
     print(f"  built {step} ({time.time() - started:.0f} s)", flush=True)
@@ -121,14 +132,18 @@ def build_step(step: str, params: dict, root: Path) -> None:
 
 def build(params_file: str, jobs: int = 2) -> None:
     """Train every model the notebooks use, `jobs` lanes at a time (each lane its own one-thread process)."""
+    from .common import load_params
+
+    lanes = build_lanes(load_params(params_file))
+
     def start(lane: int) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "koclip_lib.run", "--params", params_file, "--lane", str(lane)],
                                 env={**os.environ, **KERNEL_ENV}, cwd=REPO_ROOT)
 
     if jobs < 2:  # one lane after the other
-        failed = [lane for lane in range(len(BUILD_LANES)) if start(lane).wait() != 0]
+        failed = [lane for lane in range(len(lanes)) if start(lane).wait() != 0]
     else:
-        procs = [start(lane) for lane in range(len(BUILD_LANES))]
+        procs = [start(lane) for lane in range(len(lanes))]
         failed = [lane for lane, p in enumerate(procs) if p.wait() != 0]
     if failed:
         sys.exit(f"error: build lane(s) {failed} failed; their output is above")
@@ -148,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
 
         params = load_params(args.params)
         os.chdir(REPO_ROOT)  # as the notebooks run: cache keys hold paths relative to the repository root
-        for step in BUILD_LANES[args.lane]:
-            build_step(step, params, Path(params["root"]))
+        for step in build_lanes(params)[args.lane]:
+            build_step(step, params)
         return
     if args.build:
         started = time.time()

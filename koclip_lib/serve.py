@@ -62,7 +62,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .lora import LORA_NAME, LoraError, LoraRegistry, apply_loras  # one rule for LoRA names: the registry's
+from .adapters import LORA_NAME, LoraError, LoraRegistry, apply_loras  # one rule for LoRA names: the registry's
 
 log = logging.getLogger("koclip.serve")
 
@@ -878,14 +878,32 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
     def readyz():
         if not service.alive:
             return JSONResponse(status_code=503, content={"ready": False, "detail": "pipeline warming up or worker stopped"})
-        return {"ready": True, "queue": len(service.queue), "running": len(service.batch),
-                "seconds_per_image_step": service.estimate.s_per_image_step}
+        ready = {"ready": True, "queue": len(service.queue), "running": len(service.batch),
+                 "seconds_per_image_step": service.estimate.s_per_image_step}
+        pipe = getattr(engine, "pipe", None)
+        if pipe is not None:  # what a client may want to know of the pipeline it is served by
+            ready.update(safety_checker=getattr(pipe, "safety_checker", None) is not None,
+                         scheduler=type(pipe.scheduler).__name__, dtype=str(pipe.unet.dtype).removeprefix("torch."))
+        return ready
 
     @app.get("/metrics")
     def metrics():
         return Response(service.metrics.render(), media_type=prom.CONTENT_TYPE_LATEST)
 
     return app
+
+
+def configure_pipeline(pipe, dtype: str = "auto", scheduler: str = "dpmsolver++"):
+    """The serving defaults: half precision on a GPU (fp32 on a CPU, where fp16 is slow), DPM-Solver++."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    chosen = dtypes[dtype] if dtype != "auto" else (torch.float16 if pipe.device.type == "cuda" else torch.float32)
+    if chosen != pipe.unet.dtype:
+        pipe = pipe.to(dtype=chosen)
+    if scheduler == "dpmsolver++" and not isinstance(pipe.scheduler, DPMSolverMultistepScheduler):
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    return pipe
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -912,6 +930,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--max-steps", type=int, default=d.max_steps)
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at startup")
     ap.add_argument("--device")
+    ap.add_argument("--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto", help="auto: fp16 on a GPU, else fp32")
+    ap.add_argument("--scheduler", choices=("dpmsolver++", "checkpoint"), default="dpmsolver++",
+                    help="DPM-Solver++ (good images in 20-25 steps), or the checkpoint's own scheduler")
+    ap.add_argument("--no-safety-checker", action="store_true",
+                    help="turn off the checkpoint's safety checker (kept by default when it has one; /readyz says which)")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--access-log", action="store_true")
     args = ap.parse_args(argv)
@@ -924,7 +947,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                         default_steps=args.default_steps, max_steps=args.max_steps, warmup=not args.no_warmup)
     if settings.api_key:
         log.info("API key required (KOCLIP_API_KEY is set)")
-    pipe = load_pipeline(args.pipeline, args.text_encoder, args.device)
+    pipe = load_pipeline(args.pipeline, args.text_encoder, args.device, safety_checker=not args.no_safety_checker)
+    pipe = configure_pipeline(pipe, args.dtype, args.scheduler)
+    log.info("pipeline %s: %s, %s, safety checker %s", args.pipeline, type(pipe.scheduler).__name__, pipe.unet.dtype,
+             "on" if getattr(pipe, "safety_checker", None) is not None else "off")
     app = create_app(PipelineEngine(pipe, cache_size=settings.embed_cache_size), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
                 timeout_graceful_shutdown=10)

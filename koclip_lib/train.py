@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -69,6 +70,17 @@ class LoopState:
         self.stopped_early = state.get("stopped_early", False)
 
 
+def loop_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An Accelerator for one loop. accelerate keeps one process-wide state whose mixed precision cannot change
+    (`ValueError: AcceleratorState has already been initialized`), yet one process trains models in "no" and then
+    students in "bf16" (`run --build`, a notebook). So a loop asking for another precision resets that state first;
+    the process group (`PartialState`, the distributed side) is kept, as accelerate's own test suite does."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
 def step_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The random source for one step's batch: the same (seed, step) always gives the same batch."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
@@ -99,7 +111,7 @@ def train_loop(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = loop_accelerator(cfg.mixed_precision)
     params = list(params) if params is not None else [p for m in models for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)

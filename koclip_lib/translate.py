@@ -61,10 +61,12 @@ class Translator:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | Path, device: str | None = None) -> "Translator":
+    def from_pretrained(cls, path_or_hub_id, device: str | None = None) -> "Translator":
+        """A folder, hub id or `plan.ModelRef` (a revision pin)."""
+        path, kwargs = (path_or_hub_id.path, path_or_hub_id.kwargs) if hasattr(path_or_hub_id, "kwargs") else (str(path_or_hub_id), {})
         # AutoTokenizer resolves to MarianTokenizer for real opus-mt checkpoints and for ours alike
-        tokenizer = AutoTokenizer.from_pretrained(str(path_or_hub_id))
-        model = MarianMTModel.from_pretrained(str(path_or_hub_id))
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = MarianMTModel.from_pretrained(path, **kwargs)
         return cls(model, tokenizer, device)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
@@ -287,11 +289,15 @@ def train_translator(corpus_dir: str | Path, out_dir: str | Path, cfg: Translato
 # ---------------------------------------------------------------------------------------------------------------
 # The main job's entry point: cached under the profile's root by config.
 # ---------------------------------------------------------------------------------------------------------------
-def ensure_translator(params: dict, root: str | Path = "outputs/mini") -> Path:
-    """Train (or reuse) the translator on the profile's corpus; returns the folder for `Translator.from_pretrained`."""
-    from .miniworld import ensure_world_corpus
+def ensure_translator(section: dict | None, root: str | Path, *, corpus_dir, pretrained=None, seed: int = 0) -> Path:
+    """Train (or reuse) the translator on the corpus; returns the folder for `Translator.from_pretrained`.
+    `section`: the profile's `translator:` settings; `pretrained`: the checkpoint to start from (a `plan.ModelRef`,
+    resolved through the profile's `models:`), fine-tuned for `loop.steps` steps (0: evaluated as it is)."""
+    from .plan import ModelRef, artifact_hash
 
-    cfg = TranslatorConfig.from_params(params.get("translator"))
-    corpus_dir = ensure_world_corpus(params, root)
-    key = {"world": params.get("world"), "corpus": params.get("corpus"), "seed": params.get("seed", 0), "translator": asdict(cfg)}
+    cfg = TranslatorConfig.from_params({**(section or {}), "seed": seed})
+    if pretrained is not None:
+        cfg.pretrained = pretrained.path if isinstance(pretrained, ModelRef) else str(pretrained)
+    key = {"corpus": artifact_hash(corpus_dir), "translator": asdict(cfg),
+           "pretrained": pretrained.key if isinstance(pretrained, ModelRef) else None}
     return cached_artifact(Path(root) / "translator", key, lambda d: train_translator(corpus_dir, d, cfg))

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,8 +39,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import koreanize_matplotlib  # noqa: F401
+from IPython.display import display
 
-from koclip_lib import bench, distill, evaluate, generator, miniworld, translate
+from koclip_lib import bench, evaluate, plan, translate
 from koclip_lib.common import load_params, log_yscale, write_json
 from koclip_lib.pipeline import load_korean_pipeline
 
@@ -46,9 +49,10 @@ params = {**load_params(params_file), **overrides}
 root = Path(params["root"])
 feasibility = params["feasibility"]
 started = time.time()
-paths = generator.ensure_generator(params, root)
-students = distill.ensure_students(params, root)
-translator_dir = translate.ensure_translator(params, root)
+inputs = plan.profile_inputs(params)
+paths = inputs.generator_paths()
+students = plan.students(params)
+translator_dir = plan.translator(params)
 student_dir = students[feasibility.get("student", "unet")]
 print(f"generator, students and translator ready in {time.time() - started:.0f} s (0 s when cached)")
 
@@ -58,13 +62,13 @@ print(f"generator, students and translator ready in {time.time() - started:.0f} 
 # English prompts of the same scenes is the reference, the English pipeline on the raw Korean prompts is the problem.
 
 # %%
-prompts = miniworld.ensure_eval_prompts(params, root)
+prompts = inputs.eval_prompts()
 quality, _ = evaluate.sd_sweep(
-    {"mini-sd": {"path": paths["sd"], "stand_in": False}},
+    {"sd": {"path": paths["sd"], "stand_in": False}},
     {"(a) encoder swap": ("student", student_dir), "(b) translate, then generate": ("translator", translator_dir),
      "reference: English prompt": ("teacher", None), "problem: raw Korean prompt": ("raw", None)},
     [tuple(p) for p in params["sweep"]["prompts"]], seed=params["sweep"]["seed"],
-    classifier=miniworld.load_classifier(paths["classifier"]),
+    classifier=evaluate.load_judge(paths["classifier"]),
     prompt_files={"held-out": (prompts["ko_heldout"], prompts["en_heldout"]), "seen": (prompts["ko_seen"], prompts["en_seen"])},
     steps=params["evaluate"]["steps"], guidance_scale=params["evaluate"]["guidance_scale"])
 quality = quality.droplevel("version")
@@ -98,35 +102,38 @@ speed.round(4)
 # ## (c) Train from scratch: one epoch, measured, then extrapolated
 
 # %%
-probe = bench.ensure_from_scratch_probe(params, root, epochs=feasibility["from_scratch_epochs"])
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(*zip(*probe["unet"]["english_loss_curve"]), label="English generator (trained to the end)", alpha=0.7)
-ax.plot(*zip(*probe["unet"]["loss_curve"]), label="Korean, from scratch (stopped)")
-ax.set_xlabel("UNet step")
-ax.set_ylabel("denoising loss")
-log_yscale(ax)
-ax.legend()
-Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
-fig.savefig(Path(params["figures_dir"]) / "00_from_scratch.png", dpi=80, bbox_inches="tight")
-pd.DataFrame({part: {k: v for k, v in probe[part].items() if not k.endswith("curve")} for part in ("teacher", "unet")}).T
+# the mini world measures it; a hub profile's SD was trained elsewhere, so it has no probe
+probe = inputs.from_scratch_probe() if hasattr(inputs, "from_scratch_probe") else None
+if probe is not None:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(*zip(*probe["unet"]["english_loss_curve"]), label="English generator (trained to the end)", alpha=0.7)
+    ax.plot(*zip(*probe["unet"]["loss_curve"]), label="Korean, from scratch (stopped)")
+    ax.set_xlabel("UNet step")
+    ax.set_ylabel("denoising loss")
+    log_yscale(ax)
+    ax.legend()
+    Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(params["figures_dir"]) / "00_from_scratch.png", dpi=80, bbox_inches="tight")
+    display(pd.DataFrame({part: {k: v for k, v in probe[part].items() if not k.endswith("curve")} for part in ("teacher", "unet")}).T)
 
 # %% [markdown]
 # ## The three options side by side
 
 # %%
 distill_seconds = sum(json.loads((students[o] / "metrics.json").read_text())["seconds"] for o in ("sequence", "unet"))
-summary = pd.DataFrame({
-    "held-out colour": quality["held-out color"], "held-out shape": quality["held-out shape"],
-    "seen colour": quality["seen color"], "seen shape": quality["seen shape"]}).loc[["(a) encoder swap", "(b) translate, then generate"]]
+accuracy_columns = {"held-out colour": "held-out color", "held-out shape": "held-out shape", "seen colour": "seen color",
+                    "seen shape": "seen shape"}  # absent without a judge
+summary = pd.DataFrame({name: quality[column] for name, column in accuracy_columns.items() if column in quality},
+                       index=quality.index).loc[["(a) encoder swap", "(b) translate, then generate"]]
 summary = summary.join(speed)
-summary.loc["(c) train from scratch"] = {
-    "held-out colour": None, "held-out shape": None, "seen colour": None, "seen shape": None,
-    "text conditioning, ms/prompt": None, "image end to end, s (batch 1)": image_a,  # the same generator size as (a)
-    "weights in memory, MB": speed.loc["(a) encoder swap", "weights in memory, MB"]}
-summary["training, s (one CPU thread)"] = {
-    "(a) encoder swap": distill_seconds,
-    "(b) translate, then generate": json.loads((translator_dir / "metrics.json").read_text())["train_seconds"],
-    "(c) train from scratch": probe["estimated_seconds_to_quality"]}
+training = {"(a) encoder swap": distill_seconds,
+            "(b) translate, then generate": json.loads((translator_dir / "metrics.json").read_text())["train_seconds"]}
+if probe is not None:
+    summary.loc["(c) train from scratch"] = {
+        **{column: None for column in summary.columns}, "image end to end, s (batch 1)": image_a,  # (a)'s generator size
+        "weights in memory, MB": speed.loc["(a) encoder swap", "weights in memory, MB"]}
+    training["(c) train from scratch"] = probe["estimated_seconds_to_quality"]
+summary["training, s (one CPU thread)"] = training
 summary.round(3)
 
 # %% [markdown]
@@ -138,7 +145,34 @@ summary.round(3)
 
 # %%
 metrics = {"quality": quality.to_dict(orient="index"), "speed": speed.to_dict(orient="index"),
-           "text_conditioning_ratio_b_over_a": cond_b / cond_a, "from_scratch": {k: v for k, v in probe.items() if k != "unet"}
-           | {"unet": {k: v for k, v in probe["unet"].items() if not k.endswith("curve")}},
-           "summary": summary.to_dict(orient="index"), "student": str(student_dir)}
+           "text_conditioning_ratio_b_over_a": cond_b / cond_a, "summary": summary.to_dict(orient="index"),
+           "student": str(student_dir)}
+if probe is not None:
+    metrics["from_scratch"] = ({k: v for k, v in probe.items() if k != "unet"}
+                               | {"unet": {k: v for k, v in probe["unet"].items() if not k.endswith("curve")}})
 write_json(Path(params["metrics_dir"]) / "00_feasibility.json", metrics);
+
+# %% [markdown]
+# ## The record
+# What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
+# `outputs/notebooks/00_feasibility.ipynb`, `outputs/metrics/00_feasibility.json`), and what earlier runs tried on the way to
+# the profile's settings.
+#
+# **Feasibility** (`00_feasibility`): the seed's three options on the same prompts, in one run.
+#
+# | option | held-out colour / shape | seen colour / shape | text conditioning, ms/prompt | image, s (batch 1) | weights, MB | training, s |
+# |---|---|---|---|---|---|---|
+# | (a) encoder swap (unet student) | 96.5% / 82.5% | 99.5% / 98.0% | 5.2 | 0.23 | 7.7 | 1,338 (sequence + unet students) |
+# | (b) translate, then generate (tiny Marian) | 92.0% / 88.0% | 99.0% / 97.5% | 28.9 | 0.28 | 8.8 | 68 (translator) |
+# | (c) train from scratch on Korean | stopped after one epoch | | | 0.23 | 7.7 | 1,943 (estimate) |
+#
+# Text conditioning through the translator takes 5.6× the student's time (decoding token by token vs one encoder
+# pass); in the mini world the UNet dominates the whole image, so end to end they are within 20%. The student beats
+# the translator on held-out colour (96.5% vs 92.0%), the translator is ahead on held-out shape (88.0% vs 82.5%): its
+# English is the canonical template the generator learnt best. (c) was trained one epoch on Korean captions (teacher
+# 47 steps, UNet 188 steps; its UNet loss 0.337 vs 0.301 for the English run at the same step), then extrapolated to
+# the 600 + 4,000 steps the English generator needed, plus the VAE: 1,943 s, against 1,338 s for the two students of
+# (a). Both were timed with other training beside them (the probe's UNet went at 3.7 steps/s in this run, 1.6 in the
+# previous record, whose estimate for 2,500 steps was 2,413 s), so read the ratio, not the seconds: in the mini world a
+# text-to-image model from scratch costs the same order as distilling a student, because every model is tiny; at SD
+# 1.5's scale the same extrapolation is what rules (c) out.

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,13 +35,15 @@ import pandas as pd
 import koreanize_matplotlib  # noqa: F401  (Korean labels in plots)
 
 from diffusers import AutoencoderKL
+from IPython.display import display
 
-from koclip_lib import corpus, generator, miniworld
+from koclip_lib import corpus, miniworld, plan
 from koclip_lib.common import load_params, write_json
 
 params = {**load_params(params_file), **overrides}
 root = Path(params["root"])
-world = miniworld.WorldConfig.from_params(params.get("world"))
+inputs = plan.profile_inputs(params)
+world = getattr(inputs, "world", None)  # the mini world's vocabulary and scenes; a hub profile has none
 metrics = {}
 
 # %% [markdown]
@@ -50,9 +54,11 @@ metrics = {}
 # LoRA of notebook 04 ties the trigger word `백묘법` to it.
 
 # %%
-pd.DataFrame([(k, name, ", ".join(forms)) for k, table in
-              [("color", miniworld.COLORS), ("shape", miniworld.SHAPES), ("position", miniworld.POSITIONS), ("style", miniworld.STYLES)]
-              for name, forms in table.items()], columns=["attribute", "English", "Korean forms"])
+if world is not None:
+    display(pd.DataFrame([(k, name, ", ".join(forms)) for k, table in
+                          [("color", miniworld.COLORS), ("shape", miniworld.SHAPES), ("position", miniworld.POSITIONS),
+                           ("style", miniworld.STYLES)] for name, forms in table.items()],
+                         columns=["attribute", "English", "Korean forms"]))
 
 # %% [markdown]
 # Rendered scenes with one English and one Korean caption each. Korean is written from the scene, not glossed
@@ -64,25 +70,25 @@ import random
 
 from koclip_lib.evaluate import image_grid
 
-scenes = miniworld.sample_scenes(16, 7, world, split="all", styles=list(miniworld.STYLES))
-rng = random.Random(0)
-labels = [f"{miniworld.caption_en(s, rng, world)} / {miniworld.caption_ko(s, rng, world)}" for s in scenes]
-image_grid(miniworld.render_batch(scenes, 7, world.image_size), labels, cols=4, cell=160, label_height=30)
-
-# %%
-pd.DataFrame({"held-out colour–shape pairs": [" ".join(p) for p in world.heldout]})
+if world is not None:
+    scenes = miniworld.sample_scenes(16, 7, world, split="all", styles=list(miniworld.STYLES))
+    rng = random.Random(0)
+    labels = [f"{miniworld.caption_en(s, rng, world)} / {miniworld.caption_ko(s, rng, world)}" for s in scenes]
+    display(image_grid(miniworld.render_batch(scenes, 7, world.image_size), labels, cols=4, cell=160, label_height=30))
+    display(pd.DataFrame({"held-out colour–shape pairs": [" ".join(p) for p in world.heldout]}))
 
 # %% [markdown]
 # ## The corpus build
-# The mini world writes its captions in the AI Hub CSV layout (`원문`, `번역문` and extra columns) and builds them
-# with `koclip_lib.corpus.build_corpus`: NFC + whitespace normalisation, rules counted by reason, exact-duplicate
+# The profile's corpus (`inputs.corpus()`): a hub profile builds its `corpus.inputs` files (AI Hub CSV/XLSX and
+# others); the mini world writes its captions in the AI Hub CSV layout (`원문`, `번역문` and extra columns). Both go
+# through `koclip_lib.corpus.build_corpus`: NFC + whitespace normalisation, rules counted by reason, exact-duplicate
 # removal, a train/val/test split by a hash of the pair (adding data never moves a pair between splits),
 # Parquet shards and `summary.json`.
 
 # %%
-corpus_dir = miniworld.ensure_world_corpus(params, root)
+corpus_dir = inputs.corpus()
 summary = json.loads((corpus_dir / "summary.json").read_text(encoding="utf-8"))
-metrics["mini_corpus"] = {k: summary[k] for k in ("rows_read", "kept", "splits", "dropped", "malformed") if k in summary}
+metrics["mini_corpus" if world is not None else "corpus"] = {k: summary[k] for k in ("rows_read", "kept", "splits", "dropped", "malformed") if k in summary}
 corpus.summary_table(summary)
 
 # %% [markdown]
@@ -100,7 +106,8 @@ Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
 fig.savefig(Path(params["figures_dir"]) / "01_corpus_lengths.png", dpi=80, bbox_inches="tight")
 
 # %%
-corpus.load_corpus(corpus_dir, "train").shuffle(seed=0).select(range(8)).to_pandas()[["ko", "en"]]
+train = corpus.load_corpus(corpus_dir, "train")
+train.shuffle(seed=0).select(range(min(8, len(train)))).to_pandas()[["ko", "en"]]
 
 # %% [markdown]
 # ## Real Korean–English text through the same builder
@@ -128,16 +135,34 @@ else:
 # generator draws (notebooks 01b and 04).
 
 # %%
-clf_dir = miniworld.ensure_classifier(params, root)
-clf_metrics = json.loads((clf_dir / "classifier.json").read_text(encoding="utf-8"))
-vae = AutoencoderKL.from_pretrained(generator.ensure_vae(params, root)).eval()
-metrics["classifier_test_accuracy"] = clf_metrics["test_accuracy"]
-metrics["classifier_round_trip_accuracy"] = clf_metrics.get("round_trip_accuracy")
-metrics["classifier_ink_round_trip_accuracy"] = miniworld.classifier_accuracy(
-    miniworld.load_classifier(clf_dir), world, n=2000, seed=params.get("seed", 0) + 1, vae=vae, styles=["ink"])
-pd.DataFrame({"renders": metrics["classifier_test_accuracy"], "VAE round-trips": metrics["classifier_round_trip_accuracy"],
-              "ink-wash VAE round-trips": metrics["classifier_ink_round_trip_accuracy"]}).T
+clf_dir = inputs.judge()  # None: a hub profile shows its images unscored
+if clf_dir is not None:
+    clf_metrics = json.loads((clf_dir / "classifier.json").read_text(encoding="utf-8"))
+    vae = AutoencoderKL.from_pretrained(inputs.vae()).eval()
+    metrics["classifier_test_accuracy"] = clf_metrics["test_accuracy"]
+    metrics["classifier_round_trip_accuracy"] = clf_metrics.get("round_trip_accuracy")
+    metrics["classifier_ink_round_trip_accuracy"] = miniworld.classifier_accuracy(
+        miniworld.load_classifier(clf_dir), world, n=2000, seed=params.get("seed", 0) + 1, vae=vae, styles=["ink"])
+    display(pd.DataFrame({"renders": metrics["classifier_test_accuracy"], "VAE round-trips": metrics["classifier_round_trip_accuracy"],
+                          "ink-wash VAE round-trips": metrics["classifier_ink_round_trip_accuracy"]}).T)
 
 # %%
 write_json(Path(params["metrics_dir"]) / "01_corpus.json", metrics)
 metrics
+
+# %% [markdown]
+# ## The record
+# What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
+# `outputs/notebooks/01_corpus.ipynb`, `outputs/metrics/01_corpus.json`), and what earlier runs tried on the way to
+# the profile's settings.
+#
+# **Corpus and judge** (`01_corpus`): 30,000 mini-world pairs → 24,862 kept (5,129 duplicates, 9 length-ratio outliers),
+# split 22,375 / 1,245 / 1,242. The real Tatoeba + news pairs (when `../shared` is present): 7,758 read, 7,732 kept.
+# Corpus builder on a 301 MB synthetic AI Hub CSV: 1.77 M rows in 15.3 s, peak RSS 191.5 MB
+# (`python -m koclip_lib.corpus bench --mb 300`, `outputs/bench/corpus_stream.json`). The attribute classifier (the
+# judge of every later table) learns from renders and, half of the time, from the same render after the mini VAE's
+# encode and decode (`classifier.round_trip_prob`), because what it judges comes out of that decoder, which shifts
+# colours (most of all ink-wash washes). It reads fresh renders at 100% colour, position and style and 99.95% shape, and
+# their VAE round-trips at 99.1% colour, 99.95% shape. Ink-wash scenes after the VAE it reads at 98.1% colour
+# (`classifier_ink_round_trip_accuracy`); with the earlier 700-step VAE that was 91.3%. The VAE now trains 1,500 steps
+# (`vae.loop.steps`), its reconstruction MSE 0.0021 (was 0.0044).

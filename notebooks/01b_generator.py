@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,14 +35,16 @@ overrides = {}  # e.g. {"metrics_dir": "/tmp/metrics"}: what the tests change
 
 # %%
 import json
+import os
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import koreanize_matplotlib  # noqa: F401
+from IPython.display import display
 
-from koclip_lib import evaluate, generator, miniworld
+from koclip_lib import distill, evaluate, plan
 from koclip_lib.common import load_params, log_yscale, write_json
 
 params = {**load_params(params_file), **overrides}
@@ -49,7 +53,9 @@ metrics = {}
 
 # %%
 started = time.time()
-paths = generator.ensure_generator(params, root)
+inputs = plan.profile_inputs(params)
+paths = inputs.generator_paths()  # the mini world trains them; a hub profile names a checkpoint trained elsewhere
+trained_here = getattr(inputs, "world", None) is not None
 print(f"models ready in {time.time() - started:.0f} s (0 s when cached):", {k: str(v) for k, v in paths.items()})
 
 # %% [markdown]
@@ -58,36 +64,37 @@ print(f"models ready in {time.time() - started:.0f} s (0 s when cached):", {k: s
 # generator cannot read Korean.
 
 # %%
-from transformers import AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained(paths["teacher"])
+_, tokenizer = distill.load_teacher(paths["teacher"])
 pd.DataFrame([{"text": t, "tokens": len(ids), "first tokens": " ".join(tokenizer.convert_ids_to_tokens(ids)[:10])}
               for t in ["a red star on the left", "왼쪽에 빨간 별이 있다"] for ids in [tokenizer(t).input_ids]])
 
 # %% [markdown]
-# Zero-shot accuracy: each rendered image against the 40 prompts "a {colour} {shape}".
+# Zero-shot accuracy: each rendered image against the 40 prompts "a {colour} {shape}" (where this profile trained the
+# teacher; a hub checkpoint's teacher was trained elsewhere).
 
 # %%
-teacher_metrics = json.loads((paths["teacher"] / "metrics.json").read_text())
-metrics["teacher_zero_shot"] = teacher_metrics["zero_shot"]
-pd.DataFrame(teacher_metrics["zero_shot"]).T.rename_axis("colour–shape pairs")
+if trained_here:
+    teacher_metrics = json.loads((paths["teacher"] / "metrics.json").read_text())
+    metrics["teacher_zero_shot"] = teacher_metrics["zero_shot"]
+    display(pd.DataFrame(teacher_metrics["zero_shot"]).T.rename_axis("colour–shape pairs"))
 
 # %% [markdown]
 # ## Training curves
 
 # %%
-curves = {"teacher CLIP (contrastive)": teacher_metrics["loss_curve"],
-          "VAE (reconstruction)": json.loads((paths["vae"] / "metrics.json").read_text())["loss_curve"],
-          "UNet (denoising)": json.loads((paths["sd"] / "train_metrics.json").read_text())["loss_curve"]}
-fig, axes = plt.subplots(1, 3, figsize=(13, 3))
-for ax, (name, curve) in zip(axes, curves.items()):
-    steps, losses = zip(*curve)
-    ax.plot(steps, losses)
-    ax.set_title(name)
-    ax.set_xlabel("step")
-    log_yscale(ax)
-Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
-fig.savefig(Path(params["figures_dir"]) / "01b_training_curves.png", dpi=80, bbox_inches="tight")
+if trained_here:
+    curves = {"teacher CLIP (contrastive)": teacher_metrics["loss_curve"],
+              "VAE (reconstruction)": json.loads((paths["vae"] / "metrics.json").read_text())["loss_curve"],
+              "UNet (denoising)": json.loads((paths["sd"] / "train_metrics.json").read_text())["loss_curve"]}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3))
+    for ax, (name, curve) in zip(axes, curves.items()):
+        steps, losses = zip(*curve)
+        ax.plot(steps, losses)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        log_yscale(ax)
+    Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(params["figures_dir"]) / "01b_training_curves.png", dpi=80, bbox_inches="tight")
 
 # %% [markdown]
 # ## Does the generator follow English prompts?
@@ -96,12 +103,9 @@ fig.savefig(Path(params["figures_dir"]) / "01b_training_curves.png", dpi=80, bbo
 # The last two rows are **the problem this project exists for**: the same English-only pipeline given Korean.
 
 # %%
-from diffusers import StableDiffusionPipeline
-
-pipe = StableDiffusionPipeline.from_pretrained(paths["sd"])
-pipe.set_progress_bar_config(disable=True)
-classifier = miniworld.load_classifier(paths["classifier"])
-prompt_files = miniworld.ensure_eval_prompts(params, root)
+pipe = evaluate.load_pipeline(paths["sd"])
+classifier = evaluate.load_judge(paths["classifier"])  # None without a judge: the tables count images, the grids show them
+prompt_files = inputs.eval_prompts()
 eval_kwargs = {"steps": params["evaluate"]["steps"], "guidance_scale": params["evaluate"]["guidance_scale"]}
 table, images = evaluate.evaluate_prompt_files(
     pipe, classifier, {"English, seen": prompt_files["en_seen"], "English, held-out": prompt_files["en_heldout"],
@@ -116,24 +120,24 @@ table.round(3)
 # students never learn a Korean word for the style: notebook 04 binds one (백묘법) with a LoRA.
 
 # %%
-styled, styled_images = evaluate.evaluate_prompt_files(
-    pipe, classifier, {"English ink-wash caption, seen": prompt_files["en_ink_seen"],
-                       "English ink-wash caption, held-out": prompt_files["en_ink_heldout"]}, **eval_kwargs)
-metrics["generator_ink_captions"] = styled.to_dict(orient="index")
-styled.round(3)
-
-# %%
-evaluate.image_grid(*[part[:16] for part in styled_images["English ink-wash caption, held-out"]], cols=8)
+if "en_ink_heldout" in prompt_files:  # the mini world's captions that ask for its second style
+    styled, styled_images = evaluate.evaluate_prompt_files(
+        pipe, classifier, {"English ink-wash caption, seen": prompt_files["en_ink_seen"],
+                           "English ink-wash caption, held-out": prompt_files["en_ink_heldout"]}, **eval_kwargs)
+    metrics["generator_ink_captions"] = styled.to_dict(orient="index")
+    display(styled.round(3))
+    display(evaluate.image_grid(*[part[:16] for part in styled_images["English ink-wash caption, held-out"]], cols=8))
 
 # %% [markdown]
 # Classifier-free guidance on the held-out English prompts: colour is best between 3 and 5, at 7.5 colour and shape
 # fall again, at 1 it follows the prompt least. The profile's `evaluate.guidance_scale` (3) comes from this sweep.
 
 # %%
-sweep = evaluate.guidance_sweep(pipe, classifier, prompt_files["en_heldout"], scales=(1.0, 2.0, 3.0, 5.0, 7.5),
-                                steps=params["evaluate"]["steps"])
-metrics["guidance_sweep_en_heldout"] = sweep.to_dict(orient="index")
-sweep.round(3)
+if classifier is not None:
+    sweep = evaluate.guidance_sweep(pipe, classifier, prompt_files["en_heldout"], scales=(1.0, 2.0, 3.0, 5.0, 7.5),
+                                    steps=params["evaluate"]["steps"])
+    metrics["guidance_sweep_en_heldout"] = sweep.to_dict(orient="index")
+    display(sweep.round(3))
 
 # %%
 evaluate.image_grid(images["English, held-out"][0][:16], images["English, held-out"][1][:16], cols=8)
@@ -147,10 +151,38 @@ evaluate.image_grid(images["Korean, held-out"][0][:16], images["Korean, held-out
 #     python -m koclip_lib.evaluate --pipeline outputs/mini/sd --prompts outputs/mini/prompts/en_heldout.tsv
 
 # %%
-cli_result = evaluate.main(["--pipeline", str(paths["sd"]), "--prompts", str(prompt_files["en_heldout"]),
-                            "--classifier", str(paths["classifier"]), "--limit", "64", "--steps", str(eval_kwargs["steps"]),
+cli_result = evaluate.main(["--pipeline", os.fspath(paths["sd"]), "--prompts", str(prompt_files["en_heldout"]),
+                            "--classifier", str(paths["classifier"] or "none"), "--limit", "64", "--steps", str(eval_kwargs["steps"]),
                             "--guidance", str(eval_kwargs["guidance_scale"]),
                             "--save-grid", str(Path(params["figures_dir"]) / "01b_english_heldout.png")])
 
 # %%
 write_json(Path(params["metrics_dir"]) / "01b_generator.json", metrics)
+
+# %% [markdown]
+# ## The record
+# What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
+# `outputs/notebooks/01b_generator.ipynb`, `outputs/metrics/01b_generator.json`), and what earlier runs tried on the way to
+# the profile's settings.
+#
+# **English generator** (`01b_generator`): teacher zero-shot colour 100% / shape 71.7% (seen pairs), 99.9% / 55.1%
+# (held-out pairs).
+#
+# | prompts → tiny SD with the English teacher | colour | shape | position | drawn ink-wash |
+# |---|---|---|---|---|
+# | English, seen colour–shape pairs | 98.5% | 99.5% | 100% | 0% |
+# | English, held-out pairs | 94.0% | 90.5% | 100% | 0% |
+# | English ink-wash captions ("an ink wash painting of …"), seen pairs | 93.0% | 98.5% | 100% | 100% |
+# | English ink-wash captions, held-out pairs | 96.5% | 86.5% | 100% | 100% |
+# | Korean, seen pairs (the problem) | 9.5% | 14.0% | 30.7% | 98.5% |
+# | Korean, held-out pairs (the problem) | 10.0% | 11.0% | 28.7% | 97.5% |
+#
+# The UNet learns plain and ink-wash scenes, the style named in the caption (`unet.styles`), as SD 1.5 draws ink
+# painting when a prompt asks for it; the Korean corpus, and so the students, have plain captions only. Given Korean,
+# which it reads as byte tokens, the English pipeline draws mostly ink-wash. Generalisation to unseen colour–shape pairs
+# varies from one training run to the next far more than seen pairs do. The UNet now trains 4,000 steps
+# (`unet.loop.steps`); the 2,500-step UNet of the previous record, with the same VAE and judge, reached 83.0% / 86.5%
+# on held-out pairs (seen pairs 99.0% / 91.0%). Earlier 2,500-step runs of the same seeded job, all with the 700-step
+# VAE and read by the judges of their time, reached 85.0% / 82.5%, 86.5% / 73.0% when its kernels trained on two
+# threads and 77.5% / 76.0% on one; a UNet of plain scenes only, 80.0% / 78.0%. The issue's target (colour ≥ 90%,
+# shape ≥ 75%) is now met for both (94.0% / 90.5%).

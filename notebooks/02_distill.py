@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -39,7 +41,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import koreanize_matplotlib  # noqa: F401
 
-from koclip_lib import distill, evaluate, generator, miniworld
+from koclip_lib import distill, evaluate, plan
 from koclip_lib.common import load_params, log_yscale, write_json
 from koclip_lib.pipeline import load_korean_pipeline
 
@@ -49,8 +51,9 @@ metrics = {}
 
 # %%
 started = time.time()
-paths = generator.ensure_generator(params, root)
-students = distill.ensure_students(params, root)
+inputs = plan.profile_inputs(params)
+paths = inputs.generator_paths()
+students = plan.students(params)
 print(f"students ready in {time.time() - started:.0f} s (0 s when cached):", {k: str(v) for k, v in students.items()})
 
 # %% [markdown]
@@ -77,11 +80,9 @@ fig.savefig(Path(params["figures_dir"]) / "02_distill_curves.png", dpi=80, bbox_
 # itself reading Korean.
 
 # %%
-from transformers import AutoTokenizer, CLIPTextModel
-
-teacher = CLIPTextModel.from_pretrained(paths["teacher"]).eval()
-teacher_tok = AutoTokenizer.from_pretrained(paths["teacher"])
-test_pairs = distill.load_pairs(miniworld.ensure_world_corpus(params, root), "test")[:1000]
+teacher, teacher_tok = distill.load_teacher(paths["teacher"])
+teacher.eval()
+test_pairs = distill.load_pairs(inputs.corpus(), "test")[:1000]
 rows = {"teacher reading Korean (no distillation)": distill.embedding_metrics(teacher, teacher_tok, teacher, teacher_tok, test_pairs)}
 for objective, folder in students.items():
     rows[f"student · {objective}"] = json.loads((folder / "metrics.json").read_text())["embedding_test"]
@@ -95,13 +96,10 @@ embedding_table.round(3)
 # scenes is the problem; each student replaces the text encoder (`load_korean_pipeline`) and reads Korean.
 
 # %%
-from diffusers import StableDiffusionPipeline
-
-classifier = miniworld.load_classifier(paths["classifier"])
-prompts = miniworld.ensure_eval_prompts(params, root)
+classifier = evaluate.load_judge(paths["classifier"])  # None where the profile has no judge: images, no accuracies
+prompts = inputs.eval_prompts()
 eval_kwargs = {"steps": params["evaluate"]["steps"], "guidance_scale": params["evaluate"]["guidance_scale"]}
-english_pipe = StableDiffusionPipeline.from_pretrained(paths["sd"])
-english_pipe.set_progress_bar_config(disable=True)
+english_pipe = evaluate.load_pipeline(paths["sd"])
 tables, grids = {}, {}
 tables["teacher · English prompts"], _ = evaluate.evaluate_prompt_files(
     english_pipe, classifier, {"seen": prompts["en_seen"], "held-out": prompts["en_heldout"]}, **eval_kwargs)
@@ -120,16 +118,20 @@ image_table.round(3)
 # English-prompt accuracy, for colour and for shape.
 
 # %%
-reference = tables["teacher · English prompts"].loc["held-out"]
-ratios = {objective: {attr: tables[f"student · {objective} · Korean prompts"].loc["held-out", f"{attr} acc"] / reference[f"{attr} acc"]
-                      for attr in ("color", "shape")} for objective in students}
-ratio_table = pd.DataFrame(ratios).T
-best = ratio_table.min(axis=1).idxmax()
-best_dir = distill.select_best(students, ratio_table.min(axis=1).to_dict(), root)
-metrics["ratio_to_teacher_heldout"] = ratios
+if classifier is not None:
+    reference = tables["teacher · English prompts"].loc["held-out"]
+    ratios = {objective: {attr: tables[f"student · {objective} · Korean prompts"].loc["held-out", f"{attr} acc"] / reference[f"{attr} acc"]
+                          for attr in ("color", "shape")} for objective in students}
+    metrics["ratio_to_teacher_heldout"] = ratios
+    scores = pd.DataFrame(ratios).T.min(axis=1).to_dict()  # the worse of colour and shape
+else:  # no judge: the student whose token sequences are closest to the teacher's on the corpus's test pairs
+    scores = {objective: row["seq_cosine"] for objective, row in
+              ((k.removeprefix("student · "), v) for k, v in metrics["embedding"].items() if k.startswith("student"))}
+best = max(scores, key=scores.get)
+best_dir = distill.select_best(students, scores, root)
 metrics["best_objective"] = best
 print(f"best objective: {best} -> {best_dir}")
-ratio_table.round(3)
+pd.DataFrame(ratios).T.round(3) if classifier is not None else pd.Series(scores, name="seq_cosine").round(3)
 
 # %%
 imgs, labels = grids[best]["held-out"]
@@ -146,3 +148,29 @@ evaluate.image_grid(imgs[:16], labels[:16], cols=8)
 
 # %%
 write_json(Path(params["metrics_dir"]) / "02_distill.json", metrics)
+
+# %% [markdown]
+# ## The record
+# What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
+# `outputs/notebooks/02_distill.ipynb`, `outputs/metrics/02_distill.json`), and what earlier runs tried on the way to
+# the profile's settings.
+#
+# **Korean student** (`02_distill`): held-out corpus pairs (1,000 Korean sentences, 846 distinct English candidates).
+#
+# | encoder | 77-state cosine to teacher(en) | R@1 | R@5 | Korean prompts, seen: colour / shape | held-out: colour / shape |
+# |---|---|---|---|---|---|
+# | teacher reading Korean (no distillation) | 0.478 | 0.1% | 0.6% | 9.5% / 14.0% | 10.0% / 11.0% |
+# | student · pooled (the seed's loss) | −0.047 | 23.9% | 87.5% | 11.5% / 32.5% | 29.5% / 9.0% |
+# | student · sequence (77 states + pooled + empty prompt) | 0.979 | 23.9% | 87.2% | 78.5% / 67.5% | 79.5% / 63.0% |
+# | student · unet (through the frozen UNet) | 0.977 | 24.2% | 87.6% | **99.5% / 98.0%** | **96.5% / 82.5%** |
+# | *reference: teacher on the English prompts* | | | | *98.5% / 99.5%* | *94.0% / 90.5%* |
+#
+# Pooled-only distillation retrieves as well as the others but leaves the 77 states SD reads unconstrained, so its images
+# mostly miss (11.5% / 32.5% on seen pairs) — the seed's method does not carry over to SD. Matching the whole sequence, then the UNet's own noise
+# prediction, gives a Korean pipeline as good as the English one on seen pairs. On held-out pairs the unet student
+# reaches 102.7% of the teacher's colour accuracy and 91.2% of its shape accuracy (target: 90% for both; the previous
+# record, with the 2,500-step UNet: 104% and 101%). What got it there, each step
+# measured on held-out shape with the same sequence student as the start (earlier runs with the 700-step VAE, read by
+# an earlier judge): the unet stage on captions of each latent's own scene (Korean and English of the same image,
+# instead of random corpus captions on random latents) at 400 steps, 64.5%; 1,200 steps, 67.5%; the UNet's prediction
+# weighted 10× the sequence anchor (`unet_sequence_weight: 0.1`) at lr 4e-4, 72.0%. Drawing only high-noise timesteps (400–1000) did not help (67.0%).

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,7 +43,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from koclip_lib import evaluate, generator, lora, miniworld
+from koclip_lib import evaluate, lora, plan
 from koclip_lib.common import load_params, write_json
 from koclip_lib.pipeline import load_korean_pipeline
 
@@ -49,7 +51,7 @@ params = {**load_params(params_file), **overrides}
 root = Path(params["root"])
 section = params["lora"]
 started = time.time()
-registry_file = lora.ensure_loras(params, root)
+registry_file = plan.loras(params)
 registry = lora.LoraRegistry.from_file(registry_file)
 print(f"LoRAs ready in {time.time() - started:.0f} s (0 s when cached)")
 cards = {name: json.loads((Path(e["path"]).parent / "lora.json").read_text(encoding="utf-8")) for name, e in registry.entries.items()}
@@ -96,32 +98,33 @@ plt.tight_layout()
 # Korean prompts, with no trigger, with the Korean trigger and with its own English trigger words.
 
 # %%
-paths = generator.ensure_generator(params, root)
-prompt_files = miniworld.ensure_eval_prompts(params, root)
-classifier = miniworld.load_classifier(paths["classifier"])
-from koclip_lib.distill import ensure_students  # noqa: E402
+inputs = plan.profile_inputs(params)
+paths = inputs.generator_paths()
+prompt_files = inputs.eval_prompts()
+classifier = evaluate.load_judge(paths["classifier"])
 
-pipes = {"korean": load_korean_pipeline(sd=paths["sd"], text_encoder=ensure_students(params, root)[section.get("student", "unet")]),
+pipes = {"korean": load_korean_pipeline(sd=paths["sd"], text_encoder=plan.students(params)[section.get("student", "unet")]),
          "english": evaluate.load_pipeline(paths["sd"])}
-en_trigger = registry.get("ink-en")["trigger"]
-cases = [
-    lora.StyleCase("English pipeline, English ink-wash caption, no LoRA", "english", "en_ink"),
-    lora.StyleCase("Korean pipeline, no LoRA", "korean"),
-    lora.StyleCase("+ ink, no trigger", "korean", loras={"ink": 1.0}),
-    lora.StyleCase("+ ink, trigger 백묘법", "korean", loras={"ink": 1.0}, trigger=True),
-    lora.StyleCase("+ ink at 0.75, trigger 백묘법", "korean", loras={"ink": 0.75}, trigger=True),
-    lora.StyleCase("+ ink at 0.6, trigger 백묘법", "korean", loras={"ink": 0.6}, trigger=True),
-    lora.StyleCase("English pipeline + ink-en, English prompt + trigger", "english", "en", {"ink-en": 1.0}, trigger=True),
-    lora.StyleCase("Korean pipeline + ink-en, no trigger", "korean", loras={"ink-en": 1.0}),
-    lora.StyleCase("Korean pipeline + ink-en, trigger 백묘법", "korean", loras={"ink-en": 1.0}, trigger=True, trigger_text="백묘법"),
-    lora.StyleCase(f"Korean pipeline + ink-en, trigger '{en_trigger}'", "korean", loras={"ink-en": 1.0}, trigger=True),
-]
-started = time.time()
-evaluated = lora.evaluate_cases(pipes, classifier, prompt_files, registry, cases, n_prompts=section["evaluate"]["n_prompts"],
-                                steps=params["evaluate"]["steps"], guidance_scale=params["evaluate"]["guidance_scale"])
-table = lora.style_table(evaluated)
-print(f"{len(cases)} rows in {time.time() - started:.0f} s")
-table.style.format("{:.1%}")
+if classifier is not None:  # without a judge, the grids and files below show the LoRA
+    en_trigger = registry.get("ink-en")["trigger"]
+    cases = [
+        lora.StyleCase("English pipeline, English ink-wash caption, no LoRA", "english", "en_ink"),
+        lora.StyleCase("Korean pipeline, no LoRA", "korean"),
+        lora.StyleCase("+ ink, no trigger", "korean", loras={"ink": 1.0}),
+        lora.StyleCase("+ ink, trigger 백묘법", "korean", loras={"ink": 1.0}, trigger=True),
+        lora.StyleCase("+ ink at 0.75, trigger 백묘법", "korean", loras={"ink": 0.75}, trigger=True),
+        lora.StyleCase("+ ink at 0.6, trigger 백묘법", "korean", loras={"ink": 0.6}, trigger=True),
+        lora.StyleCase("English pipeline + ink-en, English prompt + trigger", "english", "en", {"ink-en": 1.0}, trigger=True),
+        lora.StyleCase("Korean pipeline + ink-en, no trigger", "korean", loras={"ink-en": 1.0}),
+        lora.StyleCase("Korean pipeline + ink-en, trigger 백묘법", "korean", loras={"ink-en": 1.0}, trigger=True, trigger_text="백묘법"),
+        lora.StyleCase(f"Korean pipeline + ink-en, trigger '{en_trigger}'", "korean", loras={"ink-en": 1.0}, trigger=True),
+    ]
+    started = time.time()
+    evaluated = lora.evaluate_cases(pipes, classifier, prompt_files, registry, cases, n_prompts=section["evaluate"]["n_prompts"],
+                                    steps=params["evaluate"]["steps"], guidance_scale=params["evaluate"]["guidance_scale"])
+    table = lora.style_table(evaluated)
+    print(f"{len(cases)} rows in {time.time() - started:.0f} s")
+    display(table.style.format("{:.1%}"))
 
 # %% [markdown]
 # How much colour can an ink-wash image keep? Two references besides the table's first row (the base UNet asked for
@@ -132,19 +135,23 @@ table.style.format("{:.1%}")
 # %%
 from diffusers import AutoencoderKL  # noqa: E402
 
-vae = AutoencoderKL.from_pretrained(paths["vae"])
-world = miniworld.WorldConfig.from_params(params.get("world"))
-ceiling = pd.DataFrame({style: evaluate.vae_round_trip_accuracy(vae, classifier, world, style) for style in ("plain", "ink")}).T
-ceiling["colour probe trained on round-trips"] = {"ink": evaluate.vae_round_trip_probe(vae, world, "ink")}
-ceiling.style.format("{:.1%}", na_rep="")
+from koclip_lib import miniworld  # noqa: E402  (the mini world's own question: where its VAE loses colour)
+
+world = getattr(inputs, "world", None)
+if classifier is not None and world is not None:
+    vae = AutoencoderKL.from_pretrained(paths["vae"])
+    ceiling = pd.DataFrame({style: miniworld.vae_round_trip_accuracy(vae, classifier, world, style) for style in ("plain", "ink")}).T
+    ceiling["colour probe trained on round-trips"] = {"ink": miniworld.vae_round_trip_probe(vae, world, "ink")}
+    display(ceiling.style.format("{:.1%}", na_rep=""))
 
 # %% [markdown]
 # Which colours the ink-wash images lose, per colour the prompt asks for (held-out and seen prompts together, the
 # table's images), and what the judge reads instead:
 
 # %%
-by_colour = lora.attribute_breakdown(evaluated, "color", [case.label for case in cases[:4]])
-by_colour
+if classifier is not None:
+    by_colour = lora.attribute_breakdown(evaluated, "color", [case.label for case in cases[:4]])
+    display(by_colour)
 
 # %% [markdown]
 # ## Grids: trigger off / on, LoRA weight 0 → 1
@@ -170,12 +177,65 @@ pd.DataFrame([files])
 # %%
 metrics = {"loras": {n: {k: c[k] for k in ("trigger", "text_encoder", "rank", "alpha", "images", "steps", "seconds")}
                      for n, c in cards.items()},
-           "table": json.loads(table.to_json(orient="index")), "vae_ceiling": json.loads(ceiling.to_json(orient="index")),
-           "colour_breakdown": json.loads(by_colour.to_json(orient="index")),
            "files": files, "n_prompts": section["evaluate"]["n_prompts"]}
+if classifier is not None:
+    metrics |= {"table": json.loads(table.to_json(orient="index")), "colour_breakdown": json.loads(by_colour.to_json(orient="index"))}
+if classifier is not None and world is not None:
+    metrics["vae_ceiling"] = json.loads(ceiling.to_json(orient="index"))
 write_json(Path(params["metrics_dir"]) / "04_lora.json", metrics)
 figures = Path(params["figures_dir"])
 figures.mkdir(parents=True, exist_ok=True)
 lora.trigger_grid(pipes["korean"], registry, "ink", grid_prompts, num_inference_steps=params["evaluate"]["steps"],
                   guidance_scale=params["evaluate"]["guidance_scale"]).save(figures / "04_ink_trigger.png")
-print(json.dumps(metrics["table"], ensure_ascii=False, indent=1)[:1500])
+print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, indent=1)[:1500])
+
+# %% [markdown]
+# ## The record
+# What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
+# `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier runs tried on the way to
+# the profile's settings.
+#
+# **Korean style LoRAs** (`04_lora`, `koclip_lib.lora`). The seed's ink-wash LoRA: 2,000 ink-wash images of seen
+# colour–shape pairs (the renderer draws them and captions what they show; `full` captions real images with BLIP and
+# translates the captions to Korean), each caption ending in the trigger `백묘법`, in an image folder with
+# `metadata.jsonl`. A rank-16 peft LoRA on the UNet's cross-attention projections (q, k, v, out), trained behind the
+# frozen Korean student (2,000 steps, 611 s on one thread) with prior preservation: the base pipeline first draws one
+# image per untriggered caption, and on those the LoRA'd UNet must give the base UNet's prediction (weighted 5× the
+# style loss). The base UNet draws ink-wash when an English caption asks for it (as SD 1.5 knows ink painting); the
+# student, distilled on plain captions, has no word for it and reads `백묘법` as three unknown tokens, so the LoRA ties
+# that word to the rendering the UNet has. On 200 prompts per cell, same seeds (style rate = share of images the
+# classifier calls ink-wash):
+#
+# | pipeline | held-out: ink-wash / colour / shape | seen: ink-wash / colour / shape |
+# |---|---|---|
+# | English pipeline, English ink-wash caption, no LoRA (what the base UNet draws) | 100% / 96.5% / 86.5% | 100% / 93.0% / 98.5% |
+# | Korean pipeline, no LoRA | 0.0% / 96.5% / 82.5% | 0.0% / 99.5% / 98.0% |
+# | + `ink`, no trigger | 2.5% / 92.0% / 80.0% | 2.0% / 98.5% / 99.5% |
+# | + `ink`, "…, 백묘법" | **83.5%** / **93.5%** / 76.0% | **84.5%** / **91.0%** / 98.0% |
+# | + `ink` at weight 0.75, "…, 백묘법" | 14.5% / 89.5% / 80.0% | 12.5% / 91.0% / 96.0% |
+# | + `ink` at weight 0.6, "…, 백묘법" | 3.0% / 86.5% / 82.0% | 0.0% / 92.0% / 96.5% |
+# | + `ink-en` (the English LoRA), no trigger | 53.5% / 75.0% / 82.5% | 48.5% / 58.0% / 100% |
+# | English pipeline + `ink-en`, English prompt + its trigger (as trained) | 100% / 93.0% / 80.5% | 100% / 89.5% / 94.5% |
+#
+# Met, on both splits: the trigger switches the style on (83.5% / 84.5%, target ≥ 80%), its absence keeps it off
+# (2.5% / 2.0%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the trigger
+# (4.5 and 1.0 points below) and with it (3.0 and 8.5 points below; `koclip_lib.targets` checks each). The narrowest margins are colour with the trigger on seen pairs (91.0% against 99.5%, 3 images of
+# 200 above the bound) and the style rate with the trigger. What closed the seen-pair gap (the last record: 87.0%
+# against 99.5%): the base UNet trains 4,000 steps instead of 2,500, and its own ink-wash, asked for in English, keeps
+# more colour (96.5% / 93.0%, was 94.0% / 87.0%); then the LoRA's preservation weight went back from 7.5 to 5. On the
+# new UNet, 7.5 gave the trigger 80.5% / 80.0% ink-wash at colour 94.5% / 88.0% (seen: 11.5 points down), and 10 fell
+# under the style bound (77.5% / 78.0%). With the trigger, purple washes are read right in 87% of the images of both
+# splits (88% for the English ink-wash captions) and black ones in 80% (93%); the other colours at 88–99% (notebook
+# 04's breakdown by colour). The judge reads real ink-wash scenes after the VAE at 98.1% colour (notebook 01). The
+# tries (modules, rank, steps, preservation weight, a term pulling the triggered captions to the base UNet's
+# prediction for "…, ink wash style") are in `params/mini.yaml`. The seed's observation
+# holds in part: the LoRA trained on English captions ending in a word the teacher does not know (`baekmyo style`),
+# without preservation as community style LoRAs are, draws 53.5% / 48.5% of Korean prompts ink-wash behind the student
+# with no trigger (100% / 100% on the English pipeline with its trigger). With "ink wash painting" as its trigger,
+# words the base already draws, it learnt next to nothing that the student could switch on (0% behind the student, with an earlier record's models; set that
+# trigger in `params/mini.yaml` and re-run notebook 04 to see it). Files: `pytorch_lora_weights.safetensors`
+# loads with plain diffusers `load_lora_weights` (tested in a fresh process; rank and alpha in its metadata), and
+# `ink.kohya.safetensors` (kohya/A1111 keys, `.alpha`, `ss_*` metadata, written with diffusers'
+# `convert_state_dict_to_kohya`) converts back through diffusers' own loader to the same image (max |Δ| 0.0).
+# `python -m koclip_lib.evaluate --pipeline outputs/mini/korean_sd --prompts ... --lora ink:1.0 [--trigger]` scores
+# any LoRA mix from the command line (`style_share` in its JSON).

@@ -17,4 +17,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 "${PIP[@]}" -e ".[dev]"
+# CLIP's real BPE vocabulary for koclip_lib.standins ships in the open-clip-torch wheel; --no-deps because its
+# torchvision dependency would replace the CPU torch installed above (standins reads the file, never imports open_clip)
+"${PIP[@]}" --no-deps open-clip-torch
 .venv/bin/python -c "import torch, diffusers, transformers, peft; print('koclip env ready: torch', torch.__version__, '| diffusers', diffusers.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

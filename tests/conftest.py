@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("MPLBACKEND", "Agg")
-# one thread, as in the notebooks' kernels (koclip_lib.run): a model a test trains into the shared outputs/mini cache (the
-# classifier) is then the one `make all` trains, and on these tiny models a second thread gains little
+# one thread, as in the notebooks' kernels (koclip_lib.run): on these tiny models a second thread gains little, and
+# pytest runs in two workers
 torch.set_num_threads(1)
 
 
@@ -23,15 +24,28 @@ def mini_params():
 
 
 @pytest.fixture(scope="session")
-def mini_root():
-    """The main job's artifact cache: models trained here by one test are reused by the notebooks and vice versa."""
-    return REPO / "outputs" / "mini"
+def standin_hub():
+    """The stand-ins params/standin.yaml names (outputs/standin/hub), written when absent (`make test` writes them
+    first). A file lock: two pytest workers write them once."""
+    from filelock import FileLock
+
+    from koclip_lib import standins
+
+    hub = REPO / "outputs" / "standin" / "hub"
+    hub.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(hub.parent / ".hub.lock")):
+        record = hub / "standins.json"
+        written = json.loads(record.read_text(encoding="utf-8")).get("standins", {}) if record.exists() else {}
+        missing = [key for key in standins.STANDINS if key not in written]
+        if missing:
+            standins.write_standins(hub, only=missing)
+    return hub
 
 
 @pytest.fixture(scope="session")
 def tiny_parts(tmp_path_factory):
     """A tiny teacher (tokenizer + CLIP), VAE and UNet saved the way the main job saves them."""
-    from koclip_lib import generator as g
+    from koclip_lib.miniworld import generator as g
     from koclip_lib import miniworld as mw
 
     root = tmp_path_factory.mktemp("tiny")

@@ -1,13 +1,16 @@
 """The optimisation benchmark (koclip_lib.bench) on tiny modules the tests build: the record's contract (every axis,
 reasons for what was not measured, ratios to the same run's baseline, the schedule's UNet steps), the rule that
-stacks the winners, and the full profile's random-weights path scaled down so it runs on a CPU in seconds."""
+stacks the winners, and the full profile's random-weights path scaled down so it runs on a CPU in seconds. The mini
+profile's bench inputs come from the mini world (`koclip_lib.miniworld.feasibility`), which bench never imports."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from koclip_lib import bench
+from koclip_lib import bench, plan
 from koclip_lib import miniworld as mw
 from koclip_lib.common import write_json
 
@@ -26,10 +29,10 @@ def tiny_inputs(tiny_parts, tiny_student, tmp_path_factory):
     write_json(root / "clf" / "classifier.json", {"width": 8, "image_size": 32})
     prompts = mw.write_prompt_tsv(root / "ko.tsv", mw.sample_scenes(2, 0, mw.WorldConfig()), "ko", 0)
     params = {"profile": "mini", "root": str(root), "seed": 0, "evaluate": {"guidance_scale": 3.0},
-              "distill": {"loop": {"batch_size": 8}}}
+              "distill": {"loop": {"batch_size": 8}}, "inputs_from": "koclip_lib.miniworld"}
     paths = {"pipeline": tiny_parts / "sd", "student": tiny_student, "prompts": prompts, "classifier": root / "clf",
              "translator": None, "english": tiny_parts / "sd", "teacher": tiny_parts / "teacher"}
-    return bench.mini_inputs(params, n_prompts=1, paths=paths)
+    return plan.profile_inputs(params).bench_inputs(n_prompts=1, paths=paths)  # what bench.main calls for mini
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,7 @@ def test_what_was_not_measured_says_why(mini_record):
     rows = _rows(mini_record)
     assert rows["fp16"]["status"] == "skipped" and "CPU" in rows["fp16"]["reason"]
     assert rows["torch.compile(UNet)"]["status"] == "skipped" and "--quick" in rows["torch.compile(UNet)"]["reason"]
+    assert rows["bf16"]["status"] == "skipped" and "--quick" in rows["bf16"]["reason"]
     assert rows["tiny VAE decoder"]["status"] == "not available"  # mini has no trained tiny decoder: no invented number
     assert "DPM-Solver++ at 8 steps" in rows["LCM 4, guidance 1"]["reason"]
     for r in mini_record["rows"]:
@@ -141,3 +145,11 @@ def test_a_failing_configuration_is_recorded_and_the_others_still_measured(tiny_
     assert [r["status"] for r in rows] == ["measured", "failed", "measured"]
     assert "unknown scheduler 'nope'" in rows[1]["reason"]
     assert baseline_images.shape == (1, 3, 32, 32) and rows[2]["unet_steps_per_image"] == 2
+
+
+def test_bench_does_not_import_the_mini_world():
+    """bench measures any profile's pipeline: the mini world's inputs reach it through `plan.profile_inputs`."""
+    code = ("import sys, koclip_lib.bench; "
+            "print(sorted(m for m in sys.modules if m.startswith('koclip_lib.miniworld') or m == 'koclip_lib.generator'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

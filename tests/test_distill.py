@@ -10,7 +10,7 @@ from koclip_lib.corpus import build_corpus
 
 TINY = {"backbone_config": {"model_type": "roberta", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                             "intermediate_size": 64}, "tokenizer_vocab": 400, "head_layers": 1, "head_heads": 2,
-        "val_pairs": 64, "n_latents": 64}
+        "val_pairs": 64}
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,18 @@ def test_unet_objective_backpropagates_through_the_frozen_unet(tiny_corpus, tiny
     distill.save_student(seq["student"], seq["tokenizer"], tmp_path / "seq-model", {})
     frozen = {k: v.clone() for k, v in __import__("diffusers").UNet2DConditionModel.from_pretrained(tiny_parts / "sd" / "unet").state_dict().items()}
     result = distill.train_student(tmp_path / "unet", _cfg("unet", steps=3), tiny_corpus, tiny_parts / "teacher",
-                                   sd_dir=tiny_parts / "sd", init_from=tmp_path / "seq-model")
+                                   sd_dir=tiny_parts / "sd", init_from=tmp_path / "seq-model",
+                                   latents=mw.SceneLatents(None, n=64))
     assert any("unet" in h for h in result["log"]["history"])
     after = __import__("diffusers").UNet2DConditionModel.from_pretrained(tiny_parts / "sd" / "unet").state_dict()
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)
+
+
+def test_unet_objective_needs_a_latent_source(tiny_corpus, tiny_parts, tmp_path):
+    distill.train_student(tmp_path / "seq", _cfg(steps=1), tiny_corpus, tiny_parts / "teacher")
+    with pytest.raises(ValueError, match="latent source"):
+        distill.train_student(tmp_path / "unet", _cfg("unet", steps=1), tiny_corpus, tiny_parts / "teacher",
+                              sd_dir=tiny_parts / "sd")
 
 
 def test_full_profile_path_with_pretrained_stand_ins(tiny_corpus, tiny_parts, tmp_path):
@@ -115,3 +123,31 @@ def test_full_profile_path_with_pretrained_stand_ins(tiny_corpus, tiny_parts, tm
     image = pipe("왼쪽에 빨간 별", negative_prompt="파란색", num_inference_steps=2, output_type="pt",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_a_new_objective_is_one_entry_of_objectives(tiny_parts, tmp_path, monkeypatch):
+    """Declaring an objective in `distill.OBJECTIVES` is all it takes: `ensure_students` trains it with its loss,
+    starts it from the student it names, and refuses it without that student or under an unknown name."""
+    import json
+
+    from koclip_lib.common import cached_artifact
+
+    corpus_dir = cached_artifact(tmp_path / "corpus", {"n": 600}, lambda d: build_corpus(
+        [mw.write_aihub_csv(tmp_path / "mini.csv", 600, 0, mw.WorldConfig())], d, config=None))
+    batches = []
+
+    def halved_sequence(d, ko, en, gen, latent_idx=None):
+        batches.append(len(ko))
+        logs = distill.sequence_loss(d, ko, en, gen)
+        return {**logs, "loss": 0.5 * logs["loss"]}
+
+    monkeypatch.setitem(distill.OBJECTIVES, "halved", distill.Objective(halved_sequence, starts_from="sequence"))
+    section = {**TINY, "val_pairs": 16, "loop": {"steps": 2, "lr": 2e-3, "batch_size": 8, "warmup_steps": 0, "validate_every": 2}}
+    teacher = tiny_parts / "teacher"
+    out = distill.ensure_students(section, tmp_path, corpus_dir=corpus_dir, teacher=teacher, objectives=["sequence", "halved"])
+    assert set(out) == {"sequence", "halved"} and 8 in batches
+    assert json.loads((out["halved"] / "config.json").read_text())["objective"] == "halved"
+    with pytest.raises(ValueError, match="starts from the sequence student"):
+        distill.ensure_students(section, tmp_path / "alone", corpus_dir=corpus_dir, teacher=teacher, objectives=["halved"])
+    with pytest.raises(ValueError, match="unknown distillation objective 'nope'"):
+        distill.ensure_students(section, tmp_path / "unknown", corpus_dir=corpus_dir, teacher=teacher, objectives=["nope"])

@@ -3,7 +3,7 @@
 import torch
 from diffusers import StableDiffusionPipeline
 
-from koclip_lib import generator as g
+from koclip_lib.miniworld import generator as g
 
 
 def test_english_tokenizer_breaks_korean_into_bytes(tiny_parts):

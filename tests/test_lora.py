@@ -24,7 +24,7 @@ def korean_pipe(tiny_parts, tiny_student):
 
 @pytest.fixture(scope="module")
 def ink_data(tmp_path_factory):
-    return lora.render_style_dataset(tmp_path_factory.mktemp("ink_data"), mw.WorldConfig(), "ink", 24, "백묘법", seed=0)
+    return mw.render_style_dataset(tmp_path_factory.mktemp("ink_data"), mw.WorldConfig(), "ink", 24, "백묘법", seed=0)
 
 
 def tiny_config(**overrides):
@@ -202,7 +202,7 @@ def test_english_lora_trains_behind_the_clip_teacher_and_applies_behind_the_stud
 
     english = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
     english.set_progress_bar_config(disable=True)
-    data = lora.render_style_dataset(tmp_path / "data", mw.WorldConfig(), "ink", 16, "ink wash painting", language="en")
+    data = mw.render_style_dataset(tmp_path / "data", mw.WorldConfig(), "ink", 16, "ink wash painting", language="en")
     lora.train_lora(tmp_path / "ink-en", english, data, tiny_config(trigger="ink wash painting", plain_column="caption_en"),
                     name="ink-en")
     assert not any(p.grad is not None for p in english.text_encoder.parameters())
@@ -231,6 +231,7 @@ def test_evaluate_cli_takes_loras_by_name_and_adds_their_trigger(trained, tiny_p
     clf_dir.mkdir()
     save_file(mw.AttributeClassifier(8).state_dict(), str(clf_dir / "classifier.safetensors"))
     write_json(clf_dir / "classifier.json", {"width": 8, "image_size": 32})
+    write_json(clf_dir / "judge.json", {"loader": "koclip_lib.miniworld.world:load_classifier"})
     prompts = mw.write_prompt_tsv(tmp_path / "ko.tsv", mw.sample_scenes(3, 0, mw.WorldConfig()), "ko", 0)
     common = [sys.executable, "-m", "koclip_lib.evaluate", "--pipeline", str(tiny_parts / "sd"), "--text-encoder",
               str(tiny_student), "--prompts", str(prompts), "--classifier", str(clf_dir), "--steps", "2",
@@ -271,7 +272,7 @@ def test_cache_key_follows_the_settings_in_effect_not_the_defaults_an_adapter_ov
     adapters = {a["name"]: a for a in params["lora"]["adapters"]}
     assert adapters["ink-en"]["preservation_weight"] == 0.0 and "preservation_weight" not in adapters["ink"]
     def keys():
-        return {name: lora.artifact_key(lora.adapter_config(params["lora"], a), a, params["world"], "base", None)
+        return {name: lora.artifact_key(lora.adapter_config(params["lora"], a), a, {"world": params["world"]}, {"model": "base"}, None)
                 for name, a in adapters.items()}
 
     before = keys()
@@ -280,3 +281,12 @@ def test_cache_key_follows_the_settings_in_effect_not_the_defaults_an_adapter_ov
     assert after["ink-en"] == before["ink-en"]  # it overrides the weight: same LoRA, nothing to retrain
     assert after["ink"] != before["ink"]
     assert after["ink"]["config"]["preservation_weight"] == before["ink"]["config"]["preservation_weight"] + 1.0
+
+
+def test_the_service_loads_loras_without_the_training_code():
+    """What a running service needs (registry, files, apply_loras: `koclip_lib.adapters`) is apart from what trains."""
+    code = ("import sys, koclip_lib.serve; "
+            "print(sorted(m for m in ('koclip_lib.lora', 'koclip_lib.train', 'koclip_lib.miniworld') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

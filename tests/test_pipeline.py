@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from koclip_lib import generator as g
+from koclip_lib.miniworld import generator as g
 from koclip_lib.pipeline import (IncompatibleCheckpointError, KoreanStableDiffusionPipeline, PromptError,
                                  load_korean_pipeline)
 

@@ -60,3 +60,15 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert log["stopped_early"] and log["steps"] == 25 and log["best_val"] == 2.0
     for p, best in zip(model.parameters(), snapshots[1]):
         torch.testing.assert_close(p, best)
+
+
+def test_one_process_trains_a_loop_in_no_precision_then_one_in_bf16(tmp_path):
+    """`run --build` and the notebooks train mini models ("no") and then students ("bf16" in full) in one process;
+    accelerate's process-wide state refuses a second precision unless the loop resets it."""
+    for i, precision in enumerate(("no", "bf16", "no")):
+        model, loss_fn = _regression_problem(seed=i)
+        log = train_loop([model], loss_fn, LoopConfig(steps=3, warmup_steps=0, mixed_precision=precision), tmp_path / precision)
+        assert log["steps"] == 3 and log["config"]["mixed_precision"] == precision
+    from accelerate.state import AcceleratorState
+
+    assert AcceleratorState().mixed_precision == "no"

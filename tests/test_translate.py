@@ -102,14 +102,17 @@ def test_chrf_bounds():
     assert 0 < chrf(["a red circle"], ["a blue circle"]) < 100
 
 
-def test_ensure_translator_is_cached_by_config(tmp_path):
-    params = {"seed": 0, "corpus": {"n_pairs": 300, "val_frac": 0.1, "test_frac": 0.1},
-              "translator": {**TINY, "val_examples": 10, "test_examples": 4, "loop": {**TINY_LOOP, "steps": 4, "validate_every": 2}}}
-    path = ensure_translator(params, tmp_path)
+def test_ensure_translator_is_cached_by_config(tmp_path, corpus_dir):
+    from koclip_lib.common import cached_artifact
+
+    built = cached_artifact(tmp_path / "corpus", {"copy of": str(corpus_dir)},  # a corpus folder with its artifact.json
+                            lambda d: __import__("shutil").copytree(corpus_dir, d, dirs_exist_ok=True))
+    section = {**TINY, "val_examples": 10, "test_examples": 4, "loop": {**TINY_LOOP, "steps": 4, "validate_every": 2}}
+    path = ensure_translator(section, tmp_path, corpus_dir=built)
     stamp = (path / "artifact.json").read_text(encoding="utf-8")
     assert json.loads(stamp)["finished"]
     mtime = (path / "model.safetensors").stat().st_mtime_ns
-    assert ensure_translator(params, tmp_path) == path
+    assert ensure_translator(section, tmp_path, corpus_dir=built) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not retrained
     assert len(Translator.from_pretrained(path, device="cpu").translate(["빨간 원"])) == 1
 
@@ -164,6 +167,7 @@ def test_evaluate_cli_translate_baseline_and_saved_korean_pipeline(trained, tiny
     clf_dir.mkdir()
     save_file(mw.AttributeClassifier(8).state_dict(), str(clf_dir / "classifier.safetensors"))
     write_json(clf_dir / "classifier.json", {"width": 8, "image_size": 32})
+    write_json(clf_dir / "judge.json", {"loader": "koclip_lib.miniworld.world:load_classifier"})
     prompts = mw.write_prompt_tsv(tmp_path / "ko.tsv", mw.sample_scenes(4, 0, mw.WorldConfig()), "ko", 0)
     load_korean_pipeline(sd=tiny_parts / "sd", text_encoder=tiny_student).save_pretrained(tmp_path / "korean_sd")
     common = ["--prompts", str(prompts), "--classifier", str(clf_dir), "--steps", "2"]

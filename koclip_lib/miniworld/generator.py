@@ -18,32 +18,23 @@ import torch
 import torch.nn.functional as F
 from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline,
                        UNet2DConditionModel)
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
 
-from . import miniworld as mw
-from .common import cached_artifact, seed_everything, write_json
-from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+from . import world as mw
+from ..distill import clip_like_tokenizer, prompt_states
+from ..latents import encode_images
+from ..common import cached_artifact, seed_everything, write_json
+from ..train import LoopConfig, remove_checkpoints, step_generator, train_loop
 
 MAX_LENGTH = 77  # CLIP's context length: SD 1.x cross-attends to exactly 77 positions
-BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizer: byte-level BPE trained on English captions only, so Korean falls apart into byte tokens as in CLIP.
 # ---------------------------------------------------------------------------------------------------------------
 def train_english_tokenizer(texts, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK, BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-                                   model_max_length=MAX_LENGTH, padding_side="right")
+    """The teacher's English-only byte-level BPE (CLIP's special tokens, 77 positions)."""
+    return clip_like_tokenizer(texts, vocab_size, MAX_LENGTH)
 
 
 def tokenize(tokenizer, texts: list[str], device="cpu", padding: str = "max_length") -> dict:
@@ -54,17 +45,6 @@ def tokenize(tokenizer, texts: list[str], device="cpu", padding: str = "max_leng
     """
     enc = tokenizer(list(texts), padding=padding, max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-
-
-def prompt_states(text_encoder, tokenizer, texts: list[str], pad_to_max: bool = True):
-    """The text states exactly as `StableDiffusionPipeline.encode_prompt` computes them: padded to the tokenizer's
-    max length, attention mask passed only if the encoder's config asks for it (CLIP's does not, so the padding
-    positions attend to each other). Training on anything else would leave the UNet reading different states."""
-    enc = tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt")
-    device = next(text_encoder.parameters()).device
-    mask = enc.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
-    return text_encoder(enc.input_ids.to(device), attention_mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,13 +222,6 @@ def noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     """SD 1.x's training schedule (scaled-linear betas, 1000 steps)."""
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          prediction_type=prediction_type, clip_sample=False, steps_offset=1)
-
-
-@torch.no_grad()
-def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Images in [-1, 1] -> scaled latents (the posterior mean; cached once, like SD fine-tuning scripts do)."""
-    out = [vae.encode(images[i:i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)]
-    return torch.cat(out) * vae.config.scaling_factor
 
 
 def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teacher_dir: str | Path, vae_dir: str | Path,

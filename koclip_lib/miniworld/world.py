@@ -323,7 +323,7 @@ def write_prompt_tsv(path: str | Path, scenes: Iterable[Scene], lang: str, seed:
 
     The position column is filled only when the prompt states it, so an unstated place is not scored.
     """
-    from .common import write_text_atomic
+    from ..common import write_text_atomic
 
     rng = random.Random(seed)
     caption = {"en": caption_en, "ko": caption_ko}[lang]
@@ -341,6 +341,11 @@ def write_prompt_tsv(path: str | Path, scenes: Iterable[Scene], lang: str, seed:
 # Attribute classifier: the judge that scores generated images. A small CNN with one head per attribute.
 # ---------------------------------------------------------------------------------------------------------------
 class AttributeClassifier(nn.Module):
+    """The mini world's judge: reads colour, shape, position and style from an image (`evaluate.score` uses any
+    judge with `attributes` and `predict`)."""
+
+    attributes = ATTRIBUTES
+
     def __init__(self, width: int = 32):
         super().__init__()
 
@@ -440,9 +445,10 @@ def train_classifier(out_dir: str | Path, world: WorldConfig, n_train: int = 160
     if round_trips is not None:
         metrics["round_trip_prob"] = round_trip_prob
         metrics["round_trip_accuracy"] = classifier_accuracy(model, world, n=2000, seed=seed + 1, vae=vae)
-    from .common import write_json
+    from ..common import write_json
 
     write_json(out_dir / "classifier.json", metrics)
+    write_json(out_dir / "judge.json", {"loader": "koclip_lib.miniworld.world:load_classifier"})  # evaluate.load_judge
     return metrics
 
 
@@ -482,8 +488,8 @@ def classifier_accuracy(model: AttributeClassifier, world: WorldConfig, n: int =
 # ---------------------------------------------------------------------------------------------------------------
 def ensure_world_corpus(params: dict, root: str | Path = "outputs/mini") -> Path:
     """Write the mini world's captions as an AI Hub CSV and build them with koclip_lib.corpus (the real data's path)."""
-    from .common import cached_artifact
-    from .corpus import BuildConfig, build_corpus
+    from ..common import cached_artifact
+    from ..corpus import BuildConfig, build_corpus
 
     world = WorldConfig.from_params(params.get("world"))
     cfg = params.get("corpus", {})
@@ -502,7 +508,7 @@ def ensure_classifier(params: dict, root: str | Path = "outputs/mini") -> Path:
     also learns from the profile's VAE round-trips (the VAE is trained first, or reused)."""
     import json
 
-    from .common import cached_artifact
+    from ..common import cached_artifact
 
     world = WorldConfig.from_params(params.get("world"))
     cfg = dict(params.get("classifier", {}))
@@ -541,3 +547,38 @@ def ensure_eval_prompts(params: dict, root: str | Path = "outputs/mini") -> dict
             styled = [replace(scene, style=style) for scene in scenes]
             out[f"en_{style}_{split}"] = write_prompt_tsv(prompts_dir / f"en_{style}_{split}.tsv", styled, "en", seed, world)
     return out
+
+
+def vae_round_trip_accuracy(vae, classifier, world, style: str = "plain", n: int = 400,
+                            seed: int = 7) -> dict:
+    """What any generator decoding through `vae` can reach: the classifier's accuracy on rendered scenes of `style`
+    (seen colour-shape pairs) after the VAE's encode and decode."""
+    accuracy = classifier_accuracy(classifier, world, n, seed, vae=vae, split="seen", styles=[style])
+    return {name: accuracy[name] for name in ("color", "shape", "style")}
+
+
+def vae_round_trip_probe(vae, world, style: str = "ink", n_train: int = 4000, n_test: int = 1000, epochs: int = 6,
+                         seed: int = 11) -> float:
+    """Whether colour survives `vae` or only leaves the judge's training domain: a fresh colour classifier (the judge's
+    architecture) trained on VAE round-trips of `style` renders, its accuracy on other round-trips."""
+    import torch.nn.functional as F
+
+    def round_trips(n, s):
+        decoded, scenes = rendered_scenes(world, n, s, "all", [style], vae)
+        return decoded, torch.tensor([list(COLORS).index(sc.color) for sc in scenes])
+
+    (x, y), (x_test, y_test) = round_trips(n_train, seed), round_trips(n_test, seed + 1)
+    torch.manual_seed(seed)
+    probe = AttributeClassifier(16)
+    opt = torch.optim.AdamW(probe.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 128):
+            idx = perm[i:i + 128]
+            loss = F.cross_entropy(probe(x[idx])["color"], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((probe(x_test)["color"].argmax(-1) == y_test).float().mean())

@@ -1,0 +1,234 @@
+"""LoRA adapters on a live pipeline: what a running service needs, and nothing that trains.
+
+    registry = LoraRegistry.from_file("outputs/mini/loras/registry.json")
+    apply_loras(pipe, {"ink": 1.0}, registry)          # load (once) and weight; several at once mix
+    pipe(add_trigger("왼쪽에 빨간 별이 있다", "백묘법"))
+    apply_loras(pipe, {}, registry)                    # off again, without reloading the pipeline
+
+Files: `pytorch_lora_weights.safetensors` is diffusers' layout (`pipe.load_lora_weights(folder)` reads it) with the
+LoRA's rank and alpha in its metadata; `<name>.kohya.safetensors` is the kohya-ss / A1111 layout (`lora_unet_...`
+keys, `.alpha` tensors, `ss_*` metadata), written with diffusers' own `convert_state_dict_to_kohya`, which diffusers
+converts back when it loads one. `koclip_lib.lora` trains them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .common import write_json
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
+TRIGGER_POSITIONS = ("start", "end")
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
+
+
+class LoraError(ValueError):
+    """A LoRA that cannot be used; the message says which and why."""
+
+
+class UnknownLoraError(LoraError, KeyError):
+    """A LoRA name the registry does not have; the message lists the ones it has."""
+
+    def __str__(self):  # KeyError would print the message in quotes
+        return self.args[0]
+
+
+class LoraFileError(LoraError):
+    """A LoRA file that is unreadable or does not fit the pipeline's UNet; the pipeline is left as it was."""
+
+
+def add_trigger(caption: str, trigger: str, position: str = "end", separator: str = ", ") -> str:
+    """The caption with its trigger word at the start or the end ("..., 백묘법", as the seed wrote its prompts)."""
+    if position not in TRIGGER_POSITIONS:
+        raise ValueError(f"trigger position must be one of {TRIGGER_POSITIONS}, not {position!r}")
+    if not trigger:
+        return caption
+    return f"{trigger}{separator}{caption}" if position == "start" else f"{caption}{separator}{trigger}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files: diffusers' layout and kohya-ss / A1111's
+# ---------------------------------------------------------------------------------------------------------------
+def export_kohya(diffusers_file: str | Path, out_file: str | Path, rank: int, alpha: float, trigger: str = "",
+                 name: str = "lora") -> Path:
+    """The kohya-ss / A1111 file of a diffusers LoRA, converted as diffusers' own training scripts do
+    (`--output_kohya_format`): diffusers -> peft -> kohya keys; `.alpha` set to the trained alpha (the converter
+    writes the rank, which is right only when alpha == rank)."""
+    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(diffusers_file))))
+    kohya = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+                "ss_base_model_version": "sd_v1", "ss_output_name": name, "ss_trigger_word": trigger}
+    save_file(kohya, str(out_file), metadata=metadata)
+    return Path(out_file)
+
+
+def _module_name(key: str) -> str | None:
+    """'unet.down_blocks.0...attn1.to_q.lora_A.weight' (or '.lora.down.weight') -> the UNet module it adapts."""
+    for marker in (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".lora_linear_layer."):
+        if marker in key:
+            return key.split(marker)[0]
+    return None
+
+
+def read_lora_file(path: str | Path, unet) -> dict:
+    """Check a LoRA file against `unet` without touching any pipeline: readable safetensors, UNet keys only, every
+    target module present with matching shapes. Returns {"modules": n, "rank": r}; raises LoraFileError."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHT_NAME
+    if not path.is_file():
+        raise LoraFileError(f"{path}: no such LoRA file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            list(f.keys())
+        state, _ = StableDiffusionPipeline.lora_state_dict(str(path))
+    except Exception as err:  # safetensors raises its own error types for a truncated or garbled header
+        raise LoraFileError(f"{path}: not a readable safetensors LoRA file ({type(err).__name__}: {err})") from None
+    if not state:
+        raise LoraFileError(f"{path}: holds no LoRA weights")
+    other = sorted({k.split(".")[0] for k in state if not k.startswith("unet.")})
+    if other:
+        raise LoraFileError(f"{path}: has weights for {', '.join(other)}; koclip LoRAs adapt the UNet only (the text "
+                            "encoder is the part that is swapped for the Korean student)")
+    modules = dict(unet.named_modules())
+    missing, mismatched, ranks = [], [], set()
+    for key, weight in state.items():
+        module_name = _module_name(key[len("unet."):])
+        if module_name is None:
+            continue
+        module = modules.get(module_name)
+        if module is None or not hasattr(module, "in_features"):
+            missing.append(module_name)
+            continue
+        down = ".lora_A." in key or ".lora.down." in key or "down" in key.rsplit(".", 2)[-2]
+        expected = module.in_features if down else module.out_features
+        got = weight.shape[1] if down else weight.shape[0]
+        if got != expected:
+            mismatched.append(f"{module_name} ({got} vs {expected})")
+        ranks.add(weight.shape[0] if down else weight.shape[1])
+    if missing:
+        names = sorted(set(missing))
+        raise LoraFileError(f"{path}: {len(names)} target modules are not in this UNet (e.g. {', '.join(names[:3])}): "
+                            "the LoRA was trained for another architecture")
+    if mismatched:
+        raise LoraFileError(f"{path}: {len(mismatched)} target modules have other widths than this UNet's "
+                            f"(e.g. {', '.join(mismatched[:3])}): the LoRA was trained for another model")
+    return {"modules": len({_module_name(k[len('unet.'):]) for k in state}), "rank": max(ranks) if ranks else 0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Use: a registry by name; load, mix and unload on a live pipeline
+# ---------------------------------------------------------------------------------------------------------------
+class LoraRegistry:
+    """name -> {"path", "trigger", "description", ...}. Names are keys a client may send; paths never are."""
+
+    def __init__(self, entries: dict[str, dict] | None = None):
+        self.entries: dict[str, dict] = {}
+        for name, entry in (entries or {}).items():
+            self.add(name, **entry)
+
+    def add(self, name: str, path: str | Path, **info) -> None:
+        if not LORA_NAME.match(name) or ".." in name:
+            raise LoraError(f"LoRA name {name!r} must match {LORA_NAME.pattern} and contain no '..'")
+        self.entries[name] = {"path": str(path), "trigger": info.pop("trigger", ""), "description": info.pop("description", ""), **info}
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> "LoraRegistry":
+        """A JSON file {name: {path, trigger, description}}; relative paths are relative to the file."""
+        if not path:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise LoraError(f"{path}: no such LoRA registry")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for name, entry in data.items():
+            if "path" not in entry:
+                raise LoraError(f"{path}: LoRA {name!r} has no 'path'")
+        return cls({name: {**e, "path": str((path.parent / e["path"]).resolve())} for name, e in data.items()})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        here = path.parent.resolve()
+        rel = {}
+        for name, e in self.entries.items():
+            p = Path(e["path"]).resolve()  # the file holds paths relative to itself when they are below it
+            rel[name] = {**e, "path": str(p.relative_to(here)) if p.is_relative_to(here) else str(p)}
+        return write_json(path, rel)
+
+    def get(self, name: str) -> dict:
+        if name not in self.entries:
+            known = ", ".join(sorted(self.entries)) or "none registered"
+            raise UnknownLoraError(f"unknown LoRA {name!r}; known: {known}")
+        return self.entries[name]
+
+    def public(self) -> dict[str, dict]:
+        """What a client may see: names, triggers, descriptions; no paths."""
+        return {n: {k: v for k, v in e.items() if k != "path"} for n, e in sorted(self.entries.items())}
+
+
+def parse_lora_spec(specs: Sequence[str] | str | None) -> dict[str, float]:
+    """["ink:1.0", "ink-en:0.5"] or "ink:1.0,ink-en" -> {"ink": 1.0, "ink-en": 0.5 / 1.0}."""
+    if not specs:
+        return {}
+    items = [s for spec in ([specs] if isinstance(specs, str) else specs) for s in spec.split(",") if s.strip()]
+    out = {}
+    for item in items:
+        name, _, weight = item.strip().partition(":")
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise LoraError(f"LoRA {item!r}: the weight after ':' must be a number") from None
+    return out
+
+
+def loaded_adapters(pipe) -> list[str]:
+    return sorted(getattr(pipe.unet, "peft_config", None) or {})
+
+
+def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
+    """Load the registry's LoRA `name` into `pipe` as the adapter `name`, once; the file is checked first, so a
+    bad file raises LoraFileError and leaves the pipeline exactly as it was."""
+    if name in loaded_adapters(pipe):
+        return
+    path = Path(registry.get(name)["path"])
+    read_lora_file(path, pipe.unet)
+    if path.is_dir():
+        pipe.load_lora_weights(str(path), weight_name=WEIGHT_NAME, adapter_name=name)
+    else:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+
+
+def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
+    """Make exactly `weights` ({name: weight}) the active LoRAs of `pipe`: loads the ones not loaded yet, weights
+    them with `set_adapters`; {} switches every LoRA off (they stay loaded for the next call)."""
+    for name in weights:
+        registry.get(name)  # every name is checked before anything is loaded
+    for name in weights:
+        load_lora(pipe, name, registry)
+    if not weights:
+        if loaded_adapters(pipe):
+            pipe.disable_lora()
+        return
+    pipe.enable_lora()
+    pipe.set_adapters(list(weights), list(weights.values()))
+
+
+def unload_loras(pipe) -> None:
+    """Remove every LoRA from `pipe` (the base UNet is as it was before any was loaded)."""
+    if loaded_adapters(pipe):
+        pipe.unload_lora_weights()
+
+
+def prompts_with_trigger(prompts: Sequence[str], entry: dict) -> list[str]:
+    return [add_trigger(p, entry.get("trigger", ""), entry.get("trigger_position", "end")) for p in prompts]

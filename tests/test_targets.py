@@ -1,0 +1,33 @@
+"""`python -m koclip_lib.targets`: the README's claims of the mini profile, checked against the notebooks' metrics."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from koclip_lib import targets
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_claim_holds_on_the_committed_record():
+    results = targets.check(REPO / "outputs" / "metrics")
+    assert results and all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    assert {r["notebook"] for r in results} >= {"00_feasibility", "01_corpus", "01b_generator", "02_distill", "03_sd_sweep",
+                                                 "04_lora", "05_optimize"}
+
+
+def test_a_missed_target_fails_the_command_and_names_the_claim(tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(REPO / "outputs" / "metrics", metrics)
+    record = json.loads((metrics / "04_lora.json").read_text(encoding="utf-8"))
+    record["table"]["+ ink, no trigger"]["seen style rate"] = 0.5  # the LoRA turns itself on without its trigger
+    (metrics / "04_lora.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    (metrics / "03_sd_sweep.json").unlink()
+    proc = subprocess.run([sys.executable, "-m", "koclip_lib.targets", "--metrics", str(metrics)], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 1
+    missed = [line for line in proc.stdout.splitlines() if line.startswith("MISSED")]
+    assert len(missed) == 2, proc.stdout
+    assert any("04_lora" in line and "trigger switches ink-wash on" in line for line in missed)
+    assert any("03_sd_sweep" in line for line in missed) and "03_sd_sweep.json missing" in proc.stdout
