@@ -24,6 +24,7 @@ Prompt policy (`KoreanStableDiffusionPipeline.encode_prompt`):
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
@@ -31,6 +32,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from .distill import KoreanTextEncoder, KoreanTextEncoderConfig, load_student
 
 LONG_PROMPT_POLICIES = ("chunk", "truncate")
+CUSTOM_PIPELINE_FILE = "pipeline.py"
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -94,7 +96,9 @@ def check_compatibility(sd, student_config: KoreanTextEncoderConfig) -> None:
 class KoreanStableDiffusionPipeline(StableDiffusionPipeline):
     """`StableDiffusionPipeline` whose text encoder is a `KoreanTextEncoder`; only prompt encoding differs (see the
     module's prompt policy). `save_pretrained` / `from_pretrained` work as for any diffusers pipeline: the student's
-    class is recorded in model_index.json as `koclip_lib.distill.KoreanTextEncoder`."""
+    class is recorded in model_index.json as `koclip_lib.distill.KoreanTextEncoder`, and the folder holds a
+    `pipeline.py` naming this class, so diffusers' custom-pipeline loading opens it too:
+    `DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline", trust_remote_code=True)`."""
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
                  image_encoder=None, requires_safety_checker: bool = False, long_prompts: str = "chunk", max_windows: int = 4):
@@ -103,6 +107,13 @@ class KoreanStableDiffusionPipeline(StableDiffusionPipeline):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor, image_encoder,
                          requires_safety_checker=requires_safety_checker)
         self.register_to_config(long_prompts=long_prompts, max_windows=max_windows)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        (Path(save_directory) / CUSTOM_PIPELINE_FILE).write_text(
+            "# diffusers' custom-pipeline entry: DiffusionPipeline.from_pretrained(folder, custom_pipeline=\"pipeline\",\n"
+            "# trust_remote_code=True) loads the class this file names (it needs `pip install koclip`)\n"
+            "from koclip_lib.pipeline import KoreanStableDiffusionPipeline  # noqa: F401\n", encoding="utf-8")
 
     def prompt_windows(self, prompt: str, allow_empty: bool = False) -> list[str]:
         """The windows of `prompt` after the long-prompt policy: whole words, each window at most as many tokens as

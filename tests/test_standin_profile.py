@@ -90,6 +90,20 @@ def test_korean_pipeline_keeps_the_checkpoints_unet_byte_for_byte(standin):
     assert image.shape[-1] == 3
 
 
+def test_diffusers_own_loaders_open_the_saved_korean_pipeline(standin):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    from koclip_lib.distill import KoreanTextEncoder
+    from koclip_lib.pipeline import KoreanStableDiffusionPipeline
+
+    saved = standin["root"] / "korean_sd"
+    custom = DiffusionPipeline.from_pretrained(saved, custom_pipeline="pipeline", trust_remote_code=True)
+    assert isinstance(custom, KoreanStableDiffusionPipeline)
+    plain = StableDiffusionPipeline.from_pretrained(saved)  # the standard class, with the student as its text encoder
+    assert isinstance(plain.text_encoder, KoreanTextEncoder)
+    assert plain("의자에 앉은 고양이", num_inference_steps=2, output_type="np").images[0].shape[-1] == 3
+
+
 def test_lora_was_trained_on_the_image_folder_with_the_standin_captioner(standin):
     from PIL import Image
 
