@@ -228,7 +228,7 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # splits (88% for the English ink-wash captions) and black ones in 80% (93%); the other colours at 88–99% (notebook
 # 04's breakdown by colour). The judge reads real ink-wash scenes after the VAE at 98.1% colour (notebook 01). The
 # tries (modules, rank, steps, preservation weight, a term pulling the triggered captions to the base UNet's
-# prediction for "…, ink wash style") are in `params/mini.yaml`. The seed's observation
+# prediction for "…, ink wash style") are below. The seed's observation
 # holds in part: the LoRA trained on English captions ending in a word the teacher does not know (`baekmyo style`),
 # without preservation as community style LoRAs are, draws 53.5% / 48.5% of Korean prompts ink-wash behind the student
 # with no trigger (100% / 100% on the English pipeline with its trigger). With "ink wash painting" as its trigger,
@@ -239,3 +239,20 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # `convert_state_dict_to_kohya`) converts back through diffusers' own loader to the same image (max |Δ| 0.0).
 # `python -m koclip_lib.evaluate --pipeline outputs/mini/korean_sd --prompts ... --lora ink:1.0 [--trigger]` scores
 # any LoRA mix from the command line (`style_share` in its JSON).
+#
+# The settings tried for the LoRA's defaults (`lora.defaults` in `params/mini.yaml`), 200 prompts each, held-out /
+# seen. On a base UNet that draws ink-wash when an English caption asks for it (unet.styles), 200 prompts each,
+# held-out / seen, Korean pipeline at 89.5% / 98.5% colour without LoRA (trials with the 700-step VAE and the UNet
+# and student trained on it): attn2 k/v only, preservation 25: ink-wash with the trigger 45% / 47%; 10: 56% / 55%;
+# 5: 72.5% / 67%; 2: 86% / 83.5%, colour 73.5% / 78.5%, without the trigger 13% / 7% ink-wash. q/k/v/out, 5: 84.5%
+# / 86%, colour 80.5% / 79%; without the trigger 3.5% / 1.5%. A third term pulling triggered captions to the base
+# UNet's prediction for "<English caption>, ink wash style" raised ink-wash to 93.5-98% but also without the
+# trigger (weight 5: 24% / 16.5%, colour with it 76.5% / 78%; 20: 40% / 32%): not kept. On the plain-only UNet of
+# before, every setting kept at most 48.5% colour with the trigger (k/v, weight 25: 40.5% / 44.5%). With the
+# 1,500-step VAE and the 2,500-step UNet (no LoRA: colour 86.5% / 99.5%), q/k/v/out: weight 5 left held-out colour
+# without the trigger 11 points down (75.5%); 7.5: 78.0% / 99.0%, ink-wash 3.5% / 3.5%, with the trigger ink-wash
+# 86.5% / 83% at colour 85.0% / 87.0%; 10: 79.0% / 98.5%, 6% / 3%, with it 86% / 81% at 85.5% / 87.0%. Rank 32 on
+# attn1 and attn2: with the trigger 76.0% / 86.0% colour; 4,000 steps: 82.0% / 84.5%. With the 4,000-step UNet (no
+# LoRA: colour 96.5% / 99.5%): weight 7.5, with the trigger ink-wash 80.5% / 80.0%, colour 94.5% / 88.0% (seen:
+# 11.5 points down); 10: ink-wash 77.5% / 78.0%; 5 (kept): 83.5% / 84.5% at colour 93.5% / 91.0%, without it 2.5% /
+# 2.0% at 92.0% / 98.5%
