@@ -60,6 +60,7 @@ print(f"generator, students and translator ready in {time.time() - started:.0f} 
 # ## Quality: the same Korean prompts through (a) and (b)
 # Attribute accuracy (mini-world classifier) on held-out and seen colour–shape pairs; the English pipeline on the
 # English prompts of the same scenes is the reference, the English pipeline on the raw Korean prompts is the problem.
+# A profile without a judge (the hub profiles) shows the seconds per image of each option here, and its images.
 
 # %%
 prompts = inputs.eval_prompts()

@@ -115,7 +115,9 @@ image_table.round(3)
 
 # %% [markdown]
 # The target: the best student's Korean-prompt accuracy on held-out pairs is at least 90% of the teacher's
-# English-prompt accuracy, for colour and for shape.
+# English-prompt accuracy, for colour and for shape. The best of the two ratios picks the student the Korean pipeline
+# uses (`distill.select_best` copies it to `<root>/student`); a profile without a judge picks by the token-sequence
+# cosine of the embedding table above.
 
 # %%
 if classifier is not None:
