@@ -226,16 +226,23 @@ def full_inputs(params: dict, n_prompts: int = 8) -> BenchInputs:
     its teacher, each resolved through the profile's `models:` map (`plan.HubInputs`). A tiny decoder is used when
     `madebyollin/taesd` loads. The quality proxy stays the pixel difference from the baseline (a CLIP score needs a
     CLIP image tower)."""
-    from diffusers import AutoencoderTiny
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
     from . import plan
     from .distill import load_teacher
-    from .evaluate import load_pipeline
     from .pipeline import load_korean_pipeline
     from .translate import Translator
 
     hub = plan.HubInputs(params)
     pipe = load_korean_pipeline(sd=hub.sd(), text_encoder=hub.root / "student", device="cpu")
+    # the English pipeline the translator feeds: the Korean pipeline's UNet and VAE with the checkpoint's own text
+    # encoder (the teacher too, unless the profile names another), so SD's weights are loaded once
+    own_encoder = hub.sd().sibling("text_encoder")
+    english_text = load_teacher(own_encoder)
+    teacher = english_text if hub.teacher() == own_encoder else load_teacher(hub.teacher())
+    english = StableDiffusionPipeline(pipe.vae, *english_text, pipe.unet, pipe.scheduler, safety_checker=None,
+                                      feature_extractor=None, requires_safety_checker=False)
+    english.set_progress_bar_config(disable=True)
     taesd = hub.model("madebyollin/taesd")
     try:
         tiny, missing = AutoencoderTiny.from_pretrained(taesd.path, **taesd.kwargs).eval(), ""
@@ -251,8 +258,8 @@ def full_inputs(params: dict, n_prompts: int = 8) -> BenchInputs:
         quality_kind="mean absolute pixel difference (0-1) from the baseline's image, same seed",
         resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor, tiny_vae=tiny, tiny_vae_missing=missing,
         lcm_missing="not available: needs an LCM-LoRA or LCM-distilled UNet for this checkpoint",
-        translator=Translator.from_pretrained(plan.translator(params)), english_pipe=load_pipeline(hub.sd(), device="cpu"),
-        teacher=load_teacher(hub.teacher()), pairs=FULL_PROMPTS * 32, distill_config=bench_distill_config(params),
+        translator=Translator.from_pretrained(plan.translator(params)), english_pipe=english,
+        teacher=teacher, pairs=FULL_PROMPTS * 32, distill_config=bench_distill_config(params),
         distill_batch=int(loop.get("batch_size", 256)), lora_batch=16)
 
 

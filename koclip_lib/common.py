@@ -41,6 +41,11 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
 
+def artifact_hash(folder: str | os.PathLike) -> str:
+    """The config hash a built folder records in its artifact.json (what depends on it is keyed by this)."""
+    return json.loads((Path(folder) / "artifact.json").read_text(encoding="utf-8"))["config_hash"]
+
+
 def cached_artifact(out_dir: str | os.PathLike, config: dict, build: Callable[[Path], Any], force: bool = False) -> Path:
     """Build an artifact into `out_dir` unless a finished build with the same config is already there.
 

@@ -599,11 +599,10 @@ def token_counter(teacher):
     `plan.ModelRef` of the text encoder (its tokenizer is the `tokenizer` subfolder beside `text_encoder`) or a path."""
     from transformers import AutoTokenizer
 
-    if hasattr(teacher, "kwargs"):
-        ref = teacher.sibling("tokenizer") if teacher.subfolder == "text_encoder" else teacher
-        tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(teacher)
+    from .plan import ModelRef
+
+    ref = ModelRef.of(teacher).tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
     return lambda text: len(tokenizer(text, truncation=False).input_ids)
 
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .common import cached_artifact, write_json
+from .common import artifact_hash, cached_artifact, write_json
+from .plan import ModelRef, checkpoint
 from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
 
 
@@ -283,8 +284,8 @@ def load_teacher(path, num_positions: int | None = None):
     32), reading up to its sentence-transformers `max_seq_length` tokens."""
     from transformers import CLIPTextModel
 
-    if hasattr(path, "kwargs"):  # a ModelRef
-        tok_ref = path.sibling("tokenizer") if path.subfolder == "text_encoder" else path
+    if isinstance(path, ModelRef):
+        tok_ref = path.tokenizer()
         tokenizer = AutoTokenizer.from_pretrained(tok_ref.path, **tok_ref.kwargs)
         return CLIPTextModel.from_pretrained(path.path, **path.kwargs), tokenizer
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -487,7 +488,8 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
         torch.manual_seed(cfg.seed)  # the heads (and a random backbone) start from the seed alone
         backbone = backbone or cfg.backbone
         if backbone:
-            path, kwargs = (backbone.path, backbone.kwargs) if hasattr(backbone, "kwargs") else (backbone, {})
+            ref = ModelRef.of(backbone)
+            path, kwargs = ref.path, ref.kwargs
             student_tok = AutoTokenizer.from_pretrained(path, **kwargs)
             student_tok.model_max_length = cfg.max_length  # SD pads prompts to this; a hub tokenizer may say 512 or "unset"
             student = KoreanTextEncoder.from_backbone(path, teacher.config.hidden_size, backbone_kwargs=kwargs,
@@ -543,7 +545,7 @@ def _unet_stage_inputs(sd, latents, cfg: DistillConfig):
 
     from .common import pick_device
 
-    path, kwargs = (sd.path, {k: v for k, v in sd.kwargs.items() if k != "subfolder"}) if hasattr(sd, "kwargs") else (str(sd), {})
+    path, kwargs = checkpoint(sd)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -600,10 +602,8 @@ def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: st
     backbone if any. `section`: the profile's `distill:` settings; `objectives` (default: the section's) picks some:
     pooled and sequence need only the teacher, not the SD. Each student is keyed by its settings and by its inputs'
     own keys, so retraining an input retrains the students that read it, and only those."""
-    from .plan import ModelRef, artifact_hash
-
     root = Path(root)
-    teacher = teacher if isinstance(teacher, ModelRef) else ModelRef(str(teacher))
+    teacher = ModelRef.of(teacher)
     base = {k: v for k, v in section.items() if k in DistillConfig.__dataclass_fields__}
     out = {}
     for objective in objectives or section.get("objectives", list(OBJECTIVES)):
@@ -621,7 +621,7 @@ def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: st
                "corpus": artifact_hash(corpus_dir), "backbone": backbone.key if backbone is not None else None,
                "init": artifact_hash(init) if init else None}
         if declared.needs_sd:
-            key["sd"] = (sd if isinstance(sd, ModelRef) else ModelRef(str(sd))).key
+            key["sd"] = ModelRef.of(sd).key
             key["latents"] = latents.key
 
         def build(d, cfg=cfg, init=init):

@@ -223,7 +223,8 @@ def load_pipeline(pipeline_dir, text_encoder: str | Path | None = None, device: 
         return load_korean_pipeline(sd=pipeline_dir, text_encoder=text_encoder, device=device, safety_checker=safety_checker)
     from diffusers import AutoPipelineForText2Image
 
-    from .pipeline import pipeline_index, checkpoint, has_safety_checker
+    from .pipeline import has_safety_checker, pipeline_index
+    from .plan import checkpoint
 
     path, kwargs = checkpoint(pipeline_dir)
     if pipeline_index(pipeline_dir).get("_class_name") not in (None, StableDiffusionPipeline.__name__):

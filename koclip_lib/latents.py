@@ -109,7 +109,7 @@ class GeneratedLatents(FixedCaptions):
 
     @property
     def key(self) -> dict:
-        from .plan import artifact_hash
+        from .common import artifact_hash
 
         return {"source": "generated", "corpus": artifact_hash(self.corpus_dir), "n": self.n, "steps": self.steps,
                 "guidance_scale": self.guidance_scale, "seed": self.seed}
@@ -119,6 +119,7 @@ class GeneratedLatents(FixedCaptions):
 
         from .common import config_hash, pick_device
         from .corpus import load_corpus
+        from .plan import checkpoint
 
         ds = load_corpus(self.corpus_dir, "train")
         seen, self.pairs = set(), []
@@ -135,8 +136,9 @@ class GeneratedLatents(FixedCaptions):
             if not path.exists():
                 if pipe is None:
                     device = pick_device()
+                    sd_path, sd_kwargs = checkpoint(sd)
                     pipe = StableDiffusionPipeline.from_pretrained(
-                        sd.path, **sd.kwargs, safety_checker=None, requires_safety_checker=False,
+                        sd_path, **sd_kwargs, safety_checker=None, requires_safety_checker=False,
                         torch_dtype=torch.float16 if device.type == "cuda" else torch.float32).to(device)
                     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
                     pipe.set_progress_bar_config(disable=True)

@@ -39,6 +39,7 @@ from .adapters import (LORA_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, Lor
                        UnknownLoraError, add_trigger, apply_loras, export_kohya, load_lora, loaded_adapters,
                        parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
 from .common import write_json
+from .plan import ModelRef
 from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,9 +67,9 @@ def hf_captioner(model: str = "Salesforce/blip-image-captioning-base", device: s
     from .common import pick_device
 
     dev = pick_device(device)
-    path, kwargs = (model.path, model.kwargs) if hasattr(model, "kwargs") else (model, {})
-    processor = AutoProcessor.from_pretrained(path, **kwargs)
-    net = BlipForConditionalGeneration.from_pretrained(path, **kwargs).to(dev).eval()
+    ref = ModelRef.of(model)
+    processor = AutoProcessor.from_pretrained(ref.path, **ref.kwargs)
+    net = BlipForConditionalGeneration.from_pretrained(ref.path, **ref.kwargs).to(dev).eval()
 
     @torch.no_grad()
     def caption(images: list[Image.Image]) -> list[str]:
@@ -332,11 +333,10 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
     from .common import cached_artifact, pick_device
     from .evaluate import load_pipeline
     from .pipeline import load_korean_pipeline
-    from .plan import ModelRef
 
     root = Path(root)
     device = str(pick_device(device))
-    sd = sd if isinstance(sd, ModelRef) else ModelRef(str(sd))
+    sd = ModelRef.of(sd)
     registry = LoraRegistry()
     for adapter in section.get("adapters", []):
         name = adapter["name"]
@@ -346,7 +346,7 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
         encoder = adapter.get("text_encoder", "student")
         if encoder == "student" and student is None:
             raise LoraError(f"LoRA {name!r} trains behind the Korean student, but no student was given")
-        student_key = ModelRef(str(student)).key if encoder == "student" else None
+        student_key = ModelRef.of(student).key if encoder == "student" else None
         key = artifact_key(cfg, adapter, dataset_key(adapter), sd.key, student_key)
 
         def build(d, adapter=adapter, cfg=cfg, encoder=encoder):

@@ -30,6 +30,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 from .distill import KoreanTextEncoder, KoreanTextEncoderConfig, load_student
+from .plan import checkpoint
 
 LONG_PROMPT_POLICIES = ("chunk", "truncate")
 CUSTOM_PIPELINE_FILE = "pipeline.py"
@@ -41,13 +42,6 @@ class IncompatibleCheckpointError(ValueError):
 
 class PromptError(ValueError):
     """A prompt the pipeline will not draw (empty, or longer than the policy allows); the message says which and why."""
-
-
-def checkpoint(sd) -> tuple[str, dict]:
-    """(path or hub id, `from_pretrained` keyword arguments) of a folder, hub id or `plan.ModelRef` (a revision)."""
-    if hasattr(sd, "kwargs"):
-        return sd.path, {k: v for k, v in sd.kwargs.items() if k != "subfolder"}
-    return str(sd), {}
 
 
 def pipeline_index(sd) -> dict:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import glob
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import cached_artifact
+from .common import artifact_hash, cached_artifact
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,26 @@ class ModelRef:
         """The `from_pretrained` keyword arguments besides the path."""
         return {k: v for k, v in (("subfolder", self.subfolder), ("revision", self.revision)) if v}
 
+    @classmethod
+    def of(cls, model) -> "ModelRef":
+        """`model` as a ModelRef: a ModelRef as it is, a folder or hub id wrapped (no subfolder, no revision)."""
+        return model if isinstance(model, cls) else cls(str(model))
+
     def sibling(self, subfolder: str) -> "ModelRef":
         """Another component of the same checkpoint (the tokenizer beside the text encoder)."""
         return ModelRef(self.path, subfolder, self.revision, self.name)
+
+    def tokenizer(self) -> "ModelRef":
+        """Where this model's tokenizer is: an SD checkpoint's text encoder reads the `tokenizer` subfolder beside it."""
+        return self.sibling("tokenizer") if self.subfolder == "text_encoder" else self
 
     @property
     def key(self) -> dict:
         """What a cache key records of this model: its id, revision and subfolder, and, for a folder this project
         built, that folder's own config hash (so retraining it retrains what depends on it)."""
         key = {"model": self.name or self.path, "subfolder": self.subfolder, "revision": self.revision}
-        stamp = Path(self.path) / "artifact.json"
-        if stamp.exists():
-            key["artifact"] = json.loads(stamp.read_text(encoding="utf-8"))["config_hash"]
+        if (Path(self.path) / "artifact.json").exists():
+            key["artifact"] = artifact_hash(self.path)
         return key
 
     def __str__(self) -> str:
@@ -59,9 +66,11 @@ class ModelRef:
         return self.path
 
 
-def artifact_hash(folder: str | Path) -> str:
-    """The config hash a built folder records in its artifact.json (what depends on it is keyed by this)."""
-    return json.loads((Path(folder) / "artifact.json").read_text(encoding="utf-8"))["config_hash"]
+def checkpoint(model) -> tuple[str, dict]:
+    """(path or hub id, `from_pretrained` keyword arguments) of a whole checkpoint, given as a folder, hub id or
+    ModelRef: its revision, not a subfolder (a pipeline or a component class names its own)."""
+    ref = ModelRef.of(model)
+    return ref.path, {k: v for k, v in ref.kwargs.items() if k != "subfolder"}
 
 
 def resolve_model(params: dict, model_id: str | None, subfolder: str | None = None) -> ModelRef | None:

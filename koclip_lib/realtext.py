@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import corpus, distill
-from .common import REPO_ROOT, cached_artifact, write_json
+from .common import REPO_ROOT, artifact_hash, cached_artifact, write_json
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def ensure_backbone(params: dict, corpus_dir, root) -> Path:
 
     section = params["student"]
     key = {"backbone": section["backbone_config"], "max_length": section["max_length"],
-           "corpus": json.loads((Path(corpus_dir) / "artifact.json").read_text())["config_hash"], "seed": params.get("seed", 0)}
+           "corpus": artifact_hash(corpus_dir), "seed": params.get("seed", 0)}
 
     def build(d):
         pairs = distill.load_pairs(corpus_dir, "train")
@@ -246,7 +246,7 @@ def ensure_students(params: dict, corpus_dir, backbone_dir, teacher, teacher_tok
     out = {}
     for objective in section["objectives"]:
         cfg = distill.DistillConfig(**{**base, "objective": objective, "backbone": str(backbone_dir), "seed": params.get("seed", 0)})
-        key = {"distill": cfg.__dict__, "backbone": json.loads((Path(backbone_dir) / "artifact.json").read_text())["config_hash"],
+        key = {"distill": cfg.__dict__, "backbone": artifact_hash(backbone_dir),
                "teacher": params["teacher"], "positions": params["num_positions"]}
 
         def build(d, cfg=cfg):

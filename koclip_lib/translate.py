@@ -63,10 +63,12 @@ class Translator:
     @classmethod
     def from_pretrained(cls, path_or_hub_id, device: str | None = None) -> "Translator":
         """A folder, hub id or `plan.ModelRef` (a revision pin)."""
-        path, kwargs = (path_or_hub_id.path, path_or_hub_id.kwargs) if hasattr(path_or_hub_id, "kwargs") else (str(path_or_hub_id), {})
+        from .plan import ModelRef
+
+        ref = ModelRef.of(path_or_hub_id)
         # AutoTokenizer resolves to MarianTokenizer for real opus-mt checkpoints and for ours alike
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = MarianMTModel.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.kwargs)
+        model = MarianMTModel.from_pretrained(ref.path, **ref.kwargs)
         return cls(model, tokenizer, device)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
@@ -293,7 +295,8 @@ def ensure_translator(section: dict | None, root: str | Path, *, corpus_dir, pre
     """Train (or reuse) the translator on the corpus; returns the folder for `Translator.from_pretrained`.
     `section`: the profile's `translator:` settings; `pretrained`: the checkpoint to start from (a `plan.ModelRef`,
     resolved through the profile's `models:`), fine-tuned for `loop.steps` steps (0: evaluated as it is)."""
-    from .plan import ModelRef, artifact_hash
+    from .common import artifact_hash
+    from .plan import ModelRef
 
     cfg = TranslatorConfig.from_params({**(section or {}), "seed": seed})
     if pretrained is not None:

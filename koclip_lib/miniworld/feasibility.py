@@ -71,11 +71,11 @@ def from_scratch_probe(params: dict, root: str | Path, out_dir: str | Path, epoc
 
 def ensure_from_scratch_probe(params: dict, root: str | Path, epochs: float = 1.0) -> dict:
     """`from_scratch_probe`, cached under root/from_scratch by the generator it is compared with."""
-    from ..common import cached_artifact, write_json
+    from ..common import artifact_hash, cached_artifact, write_json
 
     root = Path(root)
     paths = g.ensure_generator(params, root)
-    key = {"sd": json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"], "epochs": epochs,
+    key = {"sd": artifact_hash(paths["sd"]), "epochs": epochs,
            "teacher": params.get("teacher"), "unet": params.get("unet")}
     folder = cached_artifact(root / "from_scratch", key,
                              lambda d: write_json(d / "probe.json", from_scratch_probe(params, root, d, epochs)))

@@ -8,7 +8,6 @@ a `diffusers.StableDiffusionPipeline` that `from_pretrained` loads like any SD 1
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from . import world as mw
 from ..distill import clip_like_tokenizer, prompt_states
 from ..latents import encode_images
-from ..common import cached_artifact, seed_everything, write_json
+from ..common import artifact_hash, cached_artifact, seed_everything, write_json
 from ..train import LoopConfig, remove_checkpoints, step_generator, train_loop
 
 MAX_LENGTH = 77  # CLIP's context length: SD 1.x cross-attends to exactly 77 positions
@@ -371,7 +370,7 @@ def ensure_finetuned_sd(params: dict, root: str | Path, name: str, style: str, l
     paths = ensure_generator(params, root)
     world = mw.WorldConfig.from_params(params.get("world"))
     u_cfg = UNetConfig(**{**params.get("unet", {}), "loop": loop, "styles": [style]})
-    base = json.loads((paths["sd"] / "artifact.json").read_text())["config_hash"]
+    base = artifact_hash(paths["sd"])
 
     return cached_artifact(root / name, {"base": base, "style": style, "loop": loop, "world": params.get("world")},
                            lambda d: _train_sd(d, world, u_cfg, paths, init_unet=paths["sd"] / "unet",

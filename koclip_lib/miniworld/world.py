@@ -506,9 +506,7 @@ def ensure_world_corpus(params: dict, root: str | Path = "outputs/mini") -> Path
 def ensure_classifier(params: dict, root: str | Path = "outputs/mini") -> Path:
     """Train (or reuse) the judge. It reads what the generator decodes, so, with `classifier.round_trip_prob` > 0, it
     also learns from the profile's VAE round-trips (the VAE is trained first, or reused)."""
-    import json
-
-    from ..common import cached_artifact
+    from ..common import artifact_hash, cached_artifact
 
     world = WorldConfig.from_params(params.get("world"))
     cfg = dict(params.get("classifier", {}))
@@ -518,7 +516,7 @@ def ensure_classifier(params: dict, root: str | Path = "outputs/mini") -> Path:
         from .generator import ensure_vae
 
         vae_dir = ensure_vae(params, root)
-        key["vae"] = json.loads((vae_dir / "artifact.json").read_text(encoding="utf-8"))["config_hash"]
+        key["vae"] = artifact_hash(vae_dir)
 
     def build(out_dir: Path):
         vae = None
