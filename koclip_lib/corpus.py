@@ -556,15 +556,20 @@ class BuildConfig:
 _FORMAT_PREFIX = re.compile(rf"^({'|'.join(FORMATS)}):(.+)$")
 
 
+def split_format(item) -> tuple[str, str]:
+    """`tatoeba:kor.txt` -> ("tatoeba", "kor.txt"); a path without a known format prefix -> ("", path)."""
+    match = _FORMAT_PREFIX.match(str(item))
+    return (match.group(1), match.group(2)) if match else ("", str(item))
+
+
 def _open_inputs(inputs: Iterable, config: BuildConfig) -> list[tuple[dict, Iterator[Row]]]:
     """(summary entry, row iterator) per input. Paths are opened (and so checked) here, before anything is
     written; a line pair named twice (X.ko and X.en, as a shell glob gives) is read once."""
     opened, seen = [], set()
     for item in inputs:
         if isinstance(item, (str, os.PathLike)):
-            match = _FORMAT_PREFIX.match(str(item))
-            fmt, path = (match.group(1), match.group(2)) if match else (config.fmt, str(item))
-            fmt = fmt or detect_format(path)
+            fmt, path = split_format(item)
+            fmt = fmt or config.fmt or detect_format(path)
             key = (fmt, str(line_pair_paths(path)[0].resolve()) if fmt == "lines" else str(Path(path).resolve()))
             if key in seen:
                 continue
@@ -574,10 +579,6 @@ def _open_inputs(inputs: Iterable, config: BuildConfig) -> list[tuple[dict, Iter
         else:  # already an iterator of Rows, e.g. from_hf_dataset(ds, ...)
             opened.append(({"source": None, "format": "rows"}, iter(item)))
     return opened
-
-
-def has_format_prefix(item) -> bool:
-    return isinstance(item, str) and _FORMAT_PREFIX.match(item) is not None
 
 
 def open_input(item):

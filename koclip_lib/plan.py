@@ -89,9 +89,11 @@ def resolve_model(params: dict, model_id: str | None, subfolder: str | None = No
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Corpus inputs with shell globs expanded (a `FMT:` prefix kept); 🤗 dataset ids (`hf:org/name`) pass as they are.
     A glob that matches nothing is an error naming it: a typo must not build an empty corpus."""
+    from .corpus import split_format
+
     out = []
     for item in inputs:
-        prefix, _, rest = str(item).rpartition(":") if ":" in str(item) and not str(item).startswith("hf:") else ("", "", str(item))
+        prefix, rest = split_format(item)
         if str(item).startswith("hf:") or not any(ch in rest for ch in "*?["):
             out.append(str(item))
             continue
@@ -136,7 +138,7 @@ class HubInputs:
         teacher = self.teacher()
         files = {}
         for item in inputs:
-            path = Path(str(item).split(":", 1)[1] if corpus.has_format_prefix(item) else item)
+            path = Path(corpus.split_format(item)[1])
             files[str(item)] = path.stat().st_size if path.exists() else None
         key = {"inputs": files, "corpus": {k: v for k, v in section.items() if k != "inputs"}, "teacher": teacher.key}
 

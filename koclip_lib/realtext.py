@@ -46,12 +46,6 @@ class RealTextData:
         return not self.missing
 
 
-def _split_format(item: str) -> tuple[str, str]:
-    """`tatoeba:kor.txt` -> ("tatoeba", "kor.txt"); a plain path -> ("", path) (as corpus.build_corpus reads them)."""
-    fmt, sep, name = item.partition(":")
-    return (fmt, name) if sep and fmt in corpus.FORMATS else ("", item)
-
-
 def _resolve(data_dir: Path, name: str) -> Path:
     path = Path(name)
     return path if path.is_absolute() else data_dir / path
@@ -64,7 +58,7 @@ def locate_data(params: dict) -> RealTextData:
     data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
     train, files = [], []
     for item in params["train_inputs"]:
-        fmt, name = _split_format(item)
+        fmt, name = corpus.split_format(item)
         path = _resolve(data_dir, name)
         train.append(f"{fmt}:{path}" if fmt else str(path))
         files += list(corpus.line_pair_paths(path)[1:]) if (fmt or corpus.detect_format(path)) == "lines" else [path]
@@ -90,7 +84,7 @@ def ensure_corpus(params: dict, data: RealTextData, root) -> Path:
 
 
 def _size(item: str) -> int:
-    path = Path(_split_format(item)[1])
+    path = Path(corpus.split_format(item)[1])
     return sum(p.stat().st_size for p in ([path] if path.is_file() else corpus.line_pair_paths(path)[1:]))
 
 
