@@ -30,9 +30,36 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(device: str | None = None) -> torch.device:
+    """`device` if given; under a launcher this process's own device (each rank its GPU), else the GPU if any."""
     if device and device != "auto":
         return torch.device(device)
+    state = distributed()
+    if state is not None:
+        return state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def distributed():
+    """accelerate's `PartialState` when this process was started by a launcher (`accelerate launch`, torchrun) into a
+    group of several, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())  # without a GPU: processes on the CPU, gloo
+
+
+def is_main_process() -> bool:
+    """True in a plain process and in the main process of a launched group: the one process that writes files."""
+    state = distributed()
+    return state is None or state.is_main_process
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the launched processes; nothing in a plain process."""
+    state = distributed()
+    if state is not None:
+        state.wait_for_everyone()
 
 
 def config_hash(config: Any) -> str:
@@ -46,41 +73,61 @@ def artifact_hash(folder: str | os.PathLike) -> str:
     return json.loads((Path(folder) / "artifact.json").read_text(encoding="utf-8"))["config_hash"]
 
 
-def cached_artifact(out_dir: str | os.PathLike, config: dict, build: Callable[[Path], Any], force: bool = False) -> Path:
+def cached_artifact(out_dir: str | os.PathLike, config: dict, build: Callable[[Path], Any], force: bool = False,
+                    every_process: bool = False) -> Path:
     """Build an artifact into `out_dir` unless a finished build with the same config is already there.
 
     `artifact.json` records the config hash when a build starts and `finished: true` when it ends, so an
     interrupted build with the same config runs again in place (its checkpoints let it resume), while a
     changed config starts from an empty folder. A lock file beside the folder makes processes that want the same
-    artifact at once (`python -m koclip_lib.run --jobs 2`) wait for one build instead of racing two.
+    artifact at once (`python -m koclip_lib.run --jobs 2`) wait for one build instead of racing two. Under a launcher
+    the main process alone takes the lock and decides (the others wait at a barrier) and builds, while the others
+    wait; with `every_process` (a model trained data-parallel) every process runs `build` and only the main one
+    writes.
     """
     import fcntl
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
     with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        return _cached_artifact(out_dir, config, build, force)
+        if main:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        wait_for_everyone()
+        return _cached_artifact(out_dir, config, build, force, main, every_process)
 
 
-def _cached_artifact(out_dir: Path, config: dict, build: Callable[[Path], Any], force: bool) -> Path:
+def _read_stamp(stamp: Path) -> dict:
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _cached_artifact(out_dir: Path, config: dict, build: Callable[[Path], Any], force: bool, main: bool = True,
+                     every_process: bool = False) -> Path:
     stamp = out_dir / "artifact.json"
     key = config_hash(config)
-    previous = {}
-    if stamp.exists():
-        try:
-            previous = json.loads(stamp.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            previous = {}
-    if previous.get("config_hash") == key and previous.get("finished") and not force:
-        return out_dir
-    if out_dir.exists() and (previous.get("config_hash") != key or force):
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     record = {"config_hash": key, "finished": False, "config": config}
-    write_json(stamp, record)
-    build(out_dir)
-    write_json(stamp, {**record, "finished": True})
+    if main:
+        previous = _read_stamp(stamp)
+        fresh = previous.get("config_hash") == key and previous.get("finished") and not force
+        if not fresh:
+            if out_dir.exists() and (previous.get("config_hash") != key or force):
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(stamp, record)
+    wait_for_everyone()
+    if not main:  # what the main process found: a finished build, or a started one
+        fresh = bool(_read_stamp(stamp).get("finished"))
+    if fresh:
+        return out_dir
+    if main or every_process:
+        build(out_dir)
+    wait_for_everyone()
+    if main:
+        write_json(stamp, {**record, "finished": True})
+    wait_for_everyone()
     return out_dir
 
 

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .common import artifact_hash, cached_artifact, write_json
+from .common import artifact_hash, cached_artifact, is_main_process, write_json
 from .plan import ModelRef, checkpoint
-from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def prompt_states(text_encoder, tokenizer, texts: list[str], pad_to_max: bool = 
     enc = tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt")
     device = next(text_encoder.parameters()).device
-    mask = enc.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    mask = enc.attention_mask.to(device) if getattr(_config(text_encoder), "use_attention_mask", False) else None
     return text_encoder(enc.input_ids.to(device), attention_mask=mask)
 
 
@@ -221,7 +221,12 @@ def encode(model, tokenizer, texts):
     """Run a text encoder (teacher or student) exactly as SD's `encode_prompt` does: the targets and the student's
     outputs are then the states the UNet will read."""
     # an encoder that masks padding (the student) gives the same states for any padding length: pad to the longest
-    return prompt_states(model, tokenizer, texts, pad_to_max=not getattr(model.config, "use_attention_mask", False))
+    return prompt_states(model, tokenizer, texts, pad_to_max=not getattr(_config(model), "use_attention_mask", False))
+
+
+def _config(model):
+    """A model's config, also through the DDP wrapper a launched training loop runs it in."""
+    return getattr(model, "module", model).config
 
 
 class SentenceTeacher(nn.Module):
@@ -360,31 +365,35 @@ class Distiller:
             out = encode(self.teacher, self.teacher_tok, texts)
         return out.last_hidden_state, out.pooler_output
 
-    def loss(self, objective: str, ko: list[str], en: list[str], gen: torch.Generator, latent_idx=None) -> dict:
+    def loss(self, objective: str, ko: list[str], en: list[str], gen: torch.Generator, latent_idx=None,
+             batch: Batch | None = None) -> dict:
         """The objective's loss on one batch (`OBJECTIVES[objective].loss`); `latent_idx` (unet stage) picks the
-        latents the prompts describe, None draws them at random."""
-        return OBJECTIVES[objective].loss(self, ko, en, gen, latent_idx)
+        latents the prompts describe, None draws them at random. In the training loop, `batch` is this process's
+        part of the step's global batch (`ko`, `en`, `latent_idx` are its rows already; what the loss draws per row
+        is drawn for the whole batch, then taken) and its student is the prepared (DDP-wrapped) one."""
+        return OBJECTIVES[objective].loss(self, ko, en, gen, latent_idx, batch or Batch.whole(len(ko), [self.student]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The objectives: each declares its loss, the settings only it reads and where it starts, in one place.
 # ---------------------------------------------------------------------------------------------------------------
-def pooled_loss(d: Distiller, ko, en, gen, latent_idx=None) -> dict:
+def pooled_loss(d: Distiller, ko, en, gen, latent_idx, batch: Batch) -> dict:
     """The seed's loss, exactly: the pooled vector of student(ko) and student(en) against teacher(en)."""
     t_seq, t_pool = d.targets(en)
-    s_ko = encode(d.student, d.student_tok, ko)
-    s_en = encode(d.student, d.student_tok, en)
+    student = batch.models[0]
+    s_ko = encode(student, d.student_tok, ko)
+    s_en = encode(student, d.student_tok, en)
     logs = {"pooled_ko": F.mse_loss(s_ko.pooler_output, t_pool), "pooled_en": F.mse_loss(s_en.pooler_output, t_pool)}
     logs["loss"] = logs["pooled_ko"] + logs["pooled_en"]
     return logs
 
 
-def _sequence_terms(d: Distiller, ko, en) -> tuple[dict, torch.Tensor, object]:
+def _sequence_terms(d: Distiller, ko, en, student) -> tuple[dict, torch.Tensor, object]:
     """The sequence objective's terms: (logs with its loss, the teacher's sequence, the student's output for ko)."""
     cfg = d.cfg
     t_seq, t_pool = d.targets(en)
-    s_ko = encode(d.student, d.student_tok, ko)
-    s_en = encode(d.student, d.student_tok, en) if cfg.english_weight else None
+    s_ko = encode(student, d.student_tok, ko)
+    s_en = encode(student, d.student_tok, en) if cfg.english_weight else None
     logs = {"seq_ko": sequence_mse(s_ko.last_hidden_state, t_seq, cfg.norm_weighted),
             "pooled_ko": F.mse_loss(s_ko.pooler_output, t_pool)}
     loss = logs["seq_ko"] + cfg.pooled_weight * logs["pooled_ko"]
@@ -395,19 +404,20 @@ def _sequence_terms(d: Distiller, ko, en) -> tuple[dict, torch.Tensor, object]:
     return logs, t_seq, s_ko
 
 
-def sequence_loss(d: Distiller, ko, en, gen, latent_idx=None) -> dict:
+def sequence_loss(d: Distiller, ko, en, gen, latent_idx, batch: Batch) -> dict:
     """All 77 states of student(ko) (and of student(en), weighted) against teacher(en), plus the pooled term."""
-    return _sequence_terms(d, ko, en)[0]
+    return _sequence_terms(d, ko, en, batch.models[0])[0]
 
 
-def unet_loss(d: Distiller, ko, en, gen, latent_idx=None) -> dict:
+def unet_loss(d: Distiller, ko, en, gen, latent_idx, batch: Batch) -> dict:
     """The frozen UNet's noise prediction given student(ko) against its prediction given teacher(en), on the same
     noisy latent and timestep; the sequence loss stays as an anchor (`unet_sequence_weight`)."""
-    logs, t_seq, s_ko = _sequence_terms(d, ko, en)
-    idx = torch.randint(len(d.latents), (len(ko),), generator=gen) if latent_idx is None else latent_idx
+    logs, t_seq, s_ko = _sequence_terms(d, ko, en, batch.models[0])
+    idx = batch.take(torch.randint(len(d.latents), (batch.size,), generator=gen)) if latent_idx is None else latent_idx
     x0 = d.latents[idx.to(d.latents.device)]
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    t = torch.randint(0, d.scheduler.config.num_train_timesteps, (len(ko),), generator=gen).to(x0.device)
+    # noise and timesteps are drawn for the step's whole batch, then this process's rows taken
+    noise = batch.take(torch.randn((batch.size, *x0.shape[1:]), generator=gen)).to(x0.device)
+    t = batch.take(torch.randint(0, d.scheduler.config.num_train_timesteps, (batch.size,), generator=gen)).to(x0.device)
     noisy = d.scheduler.add_noise(x0, noise, t)
     with torch.no_grad():
         target = d.unet(noisy, t, encoder_hidden_states=t_seq).sample
@@ -421,7 +431,7 @@ class Objective:
     """A distillation objective. A new one is one entry of `OBJECTIVES`: its loss, the `DistillConfig` fields only it
     reads (they key only its student's cache), its loop's field, the objective whose student it starts from, and
     whether it reads the SD checkpoint (its UNet and a latent source)."""
-    loss: Callable[..., dict]      # (distiller, ko, en, gen, latent_idx) -> {"loss": ..., other logged terms}
+    loss: Callable[..., dict]      # (distiller, ko, en, gen, latent_idx, batch) -> {"loss": ..., other logged terms}
     loop_field: str = "loop"
     own_fields: tuple[str, ...] = ()
     starts_from: str | None = None
@@ -513,15 +523,15 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
     distiller = Distiller(cfg, student, student_tok, teacher, teacher_tok, unet, latent_tensor, scheduler)
     loop = LoopConfig.from_params(getattr(cfg, objective.loop_field), seed=cfg.seed)
 
-    def loss_fn(step):
+    def loss_fn(batch: Batch):
         distiller.to(student.device)
-        gen = step_generator(cfg.seed, step)
+        gen = step_generator(cfg.seed, batch.step)
         empty_prob = cfg.empty_prob if objective.empty_prompts else 0.0
         if objective.needs_sd:  # captions of each latent's own image: the UNet is matched where it is used
-            ko, en, idx = _latent_batch(latents, loop.batch_size, gen, empty_prob)
-            return distiller.loss(cfg.objective, ko, en, gen, latent_idx=idx)
-        ko, en = _batch(train_pairs, loop.batch_size, gen, empty_prob)
-        return distiller.loss(cfg.objective, ko, en, gen)
+            ko, en, idx = _latent_batch(latents, batch.size, gen, empty_prob)
+            return distiller.loss(cfg.objective, batch.take(ko), batch.take(en), gen, latent_idx=batch.take(idx), batch=batch)
+        ko, en = _batch(train_pairs, batch.size, gen, empty_prob)
+        return distiller.loss(cfg.objective, batch.take(ko), batch.take(en), gen, batch=batch)
 
     def validate():
         gen = torch.Generator().manual_seed(12345)  # the same noise every validation: comparable numbers
@@ -626,6 +636,8 @@ def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: st
 
         def build(d, cfg=cfg, init=init):
             result = train_student(d, cfg, corpus_dir, teacher, sd_dir=sd, init_from=init, latents=latents, backbone=backbone)
+            if not is_main_process():  # the other processes trained beside it; the main one measures and saves
+                return
             test_pairs = load_pairs(corpus_dir, "test")[:1000]
             metrics = {"embedding_test": embedding_metrics(result["student"], result["tokenizer"], result["teacher"],
                                                            result["teacher_tok"], test_pairs),
@@ -635,7 +647,7 @@ def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: st
                          {"metrics": metrics, "backbone": str(backbone or cfg.backbone or "random init from backbone_config"),
                           "data": f"{corpus_name or corpus_dir} (train split; corpus folder {corpus_dir})"})
 
-        out[objective] = cached_artifact(root / f"student-{objective}", key, build)
+        out[objective] = cached_artifact(root / f"student-{objective}", key, build, every_process=True)
     return out
 
 

@@ -117,7 +117,7 @@ class GeneratedLatents(FixedCaptions):
     def prepare(self, sd, vae, unet_config: dict) -> torch.Tensor:
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-        from .common import config_hash, pick_device
+        from .common import config_hash, distributed, pick_device, wait_for_everyone
         from .corpus import load_corpus
         from .plan import checkpoint
 
@@ -130,10 +130,14 @@ class GeneratedLatents(FixedCaptions):
         folder = self.root / config_hash({**self.key, "sd": str(sd)})
         folder.mkdir(parents=True, exist_ok=True)
         pipe = None
-        chunks = []
-        for start in range(0, len(self.pairs), self.batch_size):
-            path = folder / f"chunk-{start // self.batch_size:05d}.pt"
-            if not path.exists():
+        starts = range(0, len(self.pairs), self.batch_size)
+        paths = [folder / f"chunk-{start // self.batch_size:05d}.pt" for start in starts]
+        # under a launcher each process draws every N-th chunk (each chunk's seeds are its own: the same latents
+        # whatever the number of processes), then all read all of them
+        state = distributed()
+        rank, processes = (state.process_index, state.num_processes) if state is not None else (0, 1)
+        for i, (start, path) in enumerate(zip(starts, paths)):
+            if i % processes == rank and not path.exists():
                 if pipe is None:
                     device = pick_device()
                     sd_path, sd_kwargs = checkpoint(sd)
@@ -149,5 +153,6 @@ class GeneratedLatents(FixedCaptions):
                 tmp = path.with_suffix(".tmp")
                 torch.save(latents, tmp)
                 tmp.replace(path)
-            chunks.append(torch.load(path, weights_only=True))
-        return torch.cat(chunks)  # "latent" output is already scaled, as the UNet reads latents
+        wait_for_everyone()
+        # "latent" output is already scaled, as the UNet reads latents
+        return torch.cat([torch.load(path, weights_only=True) for path in paths])

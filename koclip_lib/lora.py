@@ -38,9 +38,9 @@ from PIL import Image
 from .adapters import (LORA_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry,  # noqa: F401
                        UnknownLoraError, add_trigger, apply_loras, export_kohya, load_lora, loaded_adapters,
                        parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
-from .common import write_json
+from .common import is_main_process, wait_for_everyone, write_json
 from .plan import ModelRef
-from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
 
 # ---------------------------------------------------------------------------------------------------------------
 # Captions and datasets: an image folder + metadata.jsonl, the layout diffusers' training scripts read
@@ -234,47 +234,52 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
 
-    def noisy(idx, gen, source=latents):
-        x0 = source[idx].to(unet.device)
-        noise = torch.randn(x0.shape, generator=gen).to(unet.device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(unet.device)
+    # `idx` is the step's whole batch and everything drawn per row is drawn for all of it; `batch` takes this
+    # process's rows and runs the trained forward through the prepared (DDP-wrapped) UNet
+    def noisy(idx, gen, batch, source=latents):
+        x0 = batch.take(source[idx]).to(unet.device)
+        noise = batch.take(torch.randn((len(idx), *source.shape[1:]), generator=gen)).to(unet.device)
+        t = batch.take(torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)).to(unet.device)
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         return scheduler.add_noise(x0, noise, t), t, target
 
-    def losses(idx, gen):
-        x_t, t, target = noisy(idx, gen)
-        cond = states[idx].to(unet.device, unet.dtype)
-        style = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample.float(), target)
+    def losses(idx, gen, batch: Batch):
+        trained = batch.models[0]
+        x_t, t, target = noisy(idx, gen, batch)
+        cond = batch.take(states[idx]).to(unet.device, unet.dtype)
+        style = F.mse_loss(trained(x_t, t, encoder_hidden_states=cond).sample.float(), target)
         out = {"loss": style, "style": style.detach()}
         if cfg.preservation_weight:
-            x_t, t, _ = noisy(idx, gen, prior)
+            x_t, t, _ = noisy(idx, gen, batch, prior)
             keep = plain[idx].clone()
             keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = _pad_windows(empty, empty[0], keep.shape[1])[0]
-            keep = keep.to(unet.device, unet.dtype)
+            keep = batch.take(keep).to(unet.device, unet.dtype)
             with torch.no_grad():
                 unet.disable_adapters()
                 base = unet(x_t, t, encoder_hidden_states=keep).sample.float()
                 unet.enable_adapters()
-            kept = F.mse_loss(unet(x_t, t, encoder_hidden_states=keep).sample.float(), base)
+            kept = F.mse_loss(trained(x_t, t, encoder_hidden_states=keep).sample.float(), base)
             out["loss"] = style + cfg.preservation_weight * kept
             out["prior"] = kept.detach()
         return out
 
-    def loss_fn(step):
-        gen = step_generator(cfg.seed, step)
-        return losses(train_idx[torch.randint(len(train_idx), (loop.batch_size,), generator=gen)], gen)
+    def loss_fn(batch: Batch):
+        gen = step_generator(cfg.seed, batch.step)
+        return losses(train_idx[torch.randint(len(train_idx), (batch.size,), generator=gen)], gen, batch)
 
     def validate():
-        value = float(losses(val_idx, step_generator(cfg.seed + 1, 0))["loss"])  # the same noise every time
-        if cfg.validation_prompts:  # validations run every `validate_every` steps and at the last; earlier ones' files stay
+        # the same noise every time
+        value = float(losses(val_idx, step_generator(cfg.seed + 1, 0), Batch.whole(len(val_idx), [unet]))["loss"])
+        if cfg.validation_prompts and is_main_process():  # validations run every `validate_every` steps and at the last; earlier ones' files stay
             step = min((len(list((out_dir / "validation").glob("step-*.png"))) + 1) * loop.validate_every, loop.steps)
             _validation_grid(pipe, cfg, out_dir / "validation" / f"step-{step}.png")
         return value
 
     log = train_loop([unet], loss_fn, loop, out_dir / "train", desc=f"LoRA {name}", params=lora_params,
                      validate=validate if loop.validate_every else None, stop_after=stop_after)
-    if stop_after is not None and log["steps"] < loop.steps:
+    if (stop_after is not None and log["steps"] < loop.steps) or not is_main_process():  # the main process saves
         unet.delete_adapters(name)
+        unet.requires_grad_(False)
         return log
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
     metadata = {"r": cfg.rank, "lora_alpha": cfg.alpha, "target_modules": list(cfg.target_modules)}
@@ -350,14 +355,17 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
         key = artifact_key(cfg, adapter, dataset_key(adapter), sd.key, student_key)
 
         def build(d, adapter=adapter, cfg=cfg, encoder=encoder):
-            data = make_dataset(adapter, d / "data", cfg.resolution, device)
+            # one process captions the images and writes the folder; under a launcher the others then read it
+            data = make_dataset(adapter, d / "data", cfg.resolution, device) if is_main_process() else None
+            wait_for_everyone()
+            data = data or d / "data"
             if encoder == "student":
                 pipe = load_korean_pipeline(sd=sd, text_encoder=student, device=device)
             else:
                 pipe = load_pipeline(sd, device=device)
             train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""))
 
-        folder = cached_artifact(root / "loras" / name, key, build)
+        folder = cached_artifact(root / "loras" / name, key, build, every_process=True)
         registry.add(name, folder / WEIGHT_NAME, trigger=cfg.trigger, description=adapter.get("description", ""),
                      trigger_position=adapter.get("trigger_position", "end"), style=adapter.get("style"),
                      text_encoder=encoder)

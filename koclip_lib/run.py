@@ -3,6 +3,7 @@
     python -m koclip_lib.run --params params/mini.yaml            # every notebook (the main job)
     python -m koclip_lib.run --params params/mini.yaml --only 01  # one (or several: --only 01 02)
     python -m koclip_lib.run --params params/mini.yaml --build --jobs 2  # only train the models, two at a time
+    accelerate launch --multi_gpu --num_processes 8 -m koclip_lib.run --params params/full.yaml --build  # data-parallel
 
 The jupytext `.py` file is the source of each notebook (readable diffs); papermill injects `params_file`
 into the cell tagged `parameters` and executes with the repository root as working directory.
@@ -131,10 +132,24 @@ def build_step(step: str, params: dict) -> None:
 
 
 def build(params_file: str, jobs: int = 2) -> None:
-    """Train every model the notebooks use, `jobs` lanes at a time (each lane its own one-thread process)."""
-    from .common import load_params
+    """Train every model the notebooks use, `jobs` lanes at a time (each lane its own one-thread process).
 
-    lanes = build_lanes(load_params(params_file))
+    Under a launcher (`accelerate launch --num_processes N -m koclip_lib.run --build`) every process of the group
+    runs the lanes' steps one after the other in itself: a lane forked from a process of the group would inherit its
+    RANK/WORLD_SIZE and join a rendezvous that the other lanes never reach."""
+    from .common import distributed, load_params
+
+    params = load_params(params_file)
+    lanes = build_lanes(params)
+    if distributed() is not None:
+        if jobs > 1 and distributed().is_main_process:
+            print(f"under a launcher the build lanes run one after the other in each process (--jobs {jobs} ignored)",
+                  flush=True)
+        os.chdir(REPO_ROOT)
+        for lane in lanes:
+            for step in lane:
+                build_step(step, params)
+        return
 
     def start(lane: int) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "koclip_lib.run", "--params", params_file, "--lane", str(lane)],

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from transformers import AutoTokenizer, GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
-from .common import cached_artifact, pick_device, write_json
-from .train import LoopConfig, remove_checkpoints, step_generator, train_loop
+from .common import cached_artifact, is_main_process, pick_device, wait_for_everyone, write_json
+from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
 
 
 @dataclass
@@ -246,9 +246,14 @@ def train_translator(corpus_dir: str | Path, out_dir: str | Path, cfg: Translato
         tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
         model = MarianMTModel.from_pretrained(cfg.pretrained)
     else:
-        # an interrupted build resumes with the tokenizer it started with
-        tokenizer = (AutoTokenizer.from_pretrained(out_dir) if (out_dir / "vocab.json").exists()
-                     else train_marian_tokenizer(train["ko"] + train["en"], out_dir, cfg.vocab_size))
+        # an interrupted build resumes with the tokenizer it started with; under a launcher the main process trains
+        # it and the others read it
+        tokenizer = None
+        if is_main_process() and not (out_dir / "vocab.json").exists():
+            tokenizer = train_marian_tokenizer(train["ko"] + train["en"], out_dir, cfg.vocab_size)
+        wait_for_everyone()
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(out_dir)
         model = build_marian(cfg, tokenizer)
     max_length = min(cfg.max_length, model.config.max_position_embeddings)
     val, test = pairs("val", cfg.val_examples), pairs("test", cfg.test_examples)
@@ -259,14 +264,16 @@ def train_translator(corpus_dir: str | Path, out_dir: str | Path, cfg: Translato
     if loop.steps > 0:
         train_data = _encode_pairs(tokenizer, train["ko"], train["en"], max_length)
 
-        def loss_fn(step):
-            idx = torch.randint(len(train_data["input_ids"]), (loop.batch_size,), generator=step_generator(cfg.seed, step))
-            return model(**{k: v.to(device) for k, v in _rows(train_data, idx).items()}).loss
+        def loss_fn(batch: Batch):
+            idx = torch.randint(len(train_data["input_ids"]), (batch.size,), generator=step_generator(cfg.seed, batch.step))
+            return batch.models[0](**{k: v.to(device) for k, v in _rows(train_data, batch.take(idx)).items()}).loss
 
         (out_dir / "train").mkdir(exist_ok=True)  # train_loop saves best weights there before its first checkpoint
         log = train_loop([model], loss_fn, loop, out_dir / "train", desc="translator",
                          validate=lambda: teacher_forced_metrics(model, val_data)["loss"])
     model.eval()
+    if not is_main_process():  # the other processes trained beside it; the main one measures and saves
+        return {}
     translator = Translator(model, tokenizer)
     translator.save_pretrained(out_dir)
     test_tf = teacher_forced_metrics(model, _encode_pairs(tokenizer, test["ko"], test["en"], max_length))
@@ -303,4 +310,5 @@ def ensure_translator(section: dict | None, root: str | Path, *, corpus_dir, pre
         cfg.pretrained = pretrained.path if isinstance(pretrained, ModelRef) else str(pretrained)
     key = {"corpus": artifact_hash(corpus_dir), "translator": asdict(cfg),
            "pretrained": pretrained.key if isinstance(pretrained, ModelRef) else None}
-    return cached_artifact(Path(root) / "translator", key, lambda d: train_translator(corpus_dir, d, cfg))
+    return cached_artifact(Path(root) / "translator", key, lambda d: train_translator(corpus_dir, d, cfg),
+                           every_process=True)

@@ -136,9 +136,9 @@ def test_a_new_objective_is_one_entry_of_objectives(tiny_parts, tmp_path, monkey
         [mw.write_aihub_csv(tmp_path / "mini.csv", 600, 0, mw.WorldConfig())], d, config=None))
     batches = []
 
-    def halved_sequence(d, ko, en, gen, latent_idx=None):
+    def halved_sequence(d, ko, en, gen, latent_idx, batch):
         batches.append(len(ko))
-        logs = distill.sequence_loss(d, ko, en, gen)
+        logs = distill.sequence_loss(d, ko, en, gen, latent_idx, batch)
         return {**logs, "loss": 0.5 * logs["loss"]}
 
     monkeypatch.setitem(distill.OBJECTIVES, "halved", distill.Objective(halved_sequence, starts_from="sequence"))

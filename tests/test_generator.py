@@ -64,7 +64,7 @@ def test_unet_training_step_lowers_the_denoising_loss(tiny_parts, tmp_path):
     with torch.no_grad():
         cond = text(**g.tokenize(tok, ["a red star"] * 8)).last_hidden_state
 
-    def loss(step=0):
+    def loss(batch=None):
         return torch.nn.functional.mse_loss(unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample, noise)
 
     before = loss().item()

@@ -9,10 +9,10 @@ def _regression_problem(seed=0):
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
     w_true = torch.randn(8, 1, generator=torch.Generator().manual_seed(99))
 
-    def loss_fn(step):
-        gen = step_generator(seed, step)
-        x = torch.randn(32, 8, generator=gen)
-        return nn.functional.mse_loss(model(x), x @ w_true)
+    def loss_fn(batch):
+        gen = step_generator(seed, batch.step)
+        x = torch.randn(batch.size, 8, generator=gen)
+        return nn.functional.mse_loss(batch.models[0](batch.take(x)), batch.take(x) @ w_true)
 
     return model, loss_fn
 
@@ -21,12 +21,12 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
     model, _ = _regression_problem()
     x, y = torch.randn(32, 8), torch.randn(32, 1)
     before = nn.functional.mse_loss(model(x), y).item()
-    train_loop([model], lambda step: nn.functional.mse_loss(model(x), y), LoopConfig(steps=60, lr=1e-2, warmup_steps=0), tmp_path)
+    train_loop([model], lambda batch: nn.functional.mse_loss(model(x), y), LoopConfig(steps=60, lr=1e-2, warmup_steps=0), tmp_path)
     assert nn.functional.mse_loss(model(x), y).item() < 0.5 * before
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
-    cfg = LoopConfig(steps=20, lr=1e-2, checkpoint_every=5, warmup_steps=2, log_every=1)
+    cfg = LoopConfig(steps=20, lr=1e-2, batch_size=32, checkpoint_every=5, warmup_steps=2, log_every=1)
     full, loss_full = _regression_problem()
     log_full = train_loop([full], loss_full, cfg, tmp_path / "full")
 

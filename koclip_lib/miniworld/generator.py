@@ -23,7 +23,7 @@ from . import world as mw
 from ..distill import clip_like_tokenizer, prompt_states
 from ..latents import encode_images
 from ..common import artifact_hash, cached_artifact, seed_everything, write_json
-from ..train import LoopConfig, remove_checkpoints, step_generator, train_loop
+from ..train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
 
 MAX_LENGTH = 77  # CLIP's context length: SD 1.x cross-attends to exactly 77 positions
 
@@ -92,12 +92,13 @@ def train_teacher(out_dir: str | Path, world: mw.WorldConfig, cfg: TeacherConfig
     images = mw.render_batch(scenes, cfg.seed, world.image_size)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
 
-    def loss_fn(step):
-        gen = step_generator(cfg.seed, step)
-        idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
-        texts = _caption_batch([scenes[i] for i in idx], caption, cfg.seed * 7919 + step, world)
-        out = model(**tokenize(tokenizer, texts, model.device, padding="longest"), pixel_values=images[idx].to(model.device),
-                    return_loss=True)
+    def loss_fn(batch: Batch):
+        gen = step_generator(cfg.seed, batch.step)
+        idx = torch.randint(len(scenes), (batch.size,), generator=gen)
+        texts = batch.take(_caption_batch([scenes[i] for i in idx], caption, cfg.seed * 7919 + batch.step, world))
+        idx = batch.take(idx)
+        out = batch.models[0](**tokenize(tokenizer, texts, model.device, padding="longest"),
+                              pixel_values=images[idx].to(model.device), return_loss=True)
         return out.loss
 
     log = train_loop([model], loss_fn, loop, out_dir, desc="teacher CLIP", stop_after=stop_after)
@@ -180,11 +181,14 @@ def train_vae(out_dir: str | Path, world: mw.WorldConfig, cfg: VAEConfig) -> dic
     images = mw.render_batch(scenes, cfg.seed + 1, world.image_size)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
 
-    def loss_fn(step):
-        gen = step_generator(cfg.seed, step)
-        x = images[torch.randint(len(images), (loop.batch_size,), generator=gen)].to(vae.device)
+    def loss_fn(batch: Batch):
+        if batch.models[0] is not vae:  # encode and decode bypass a DDP wrapper's forward: no gradient would be shared
+            raise RuntimeError("the mini world's VAE trains in one process, not under a launcher")
+        gen = step_generator(cfg.seed, batch.step)
+        x = images[batch.take(torch.randint(len(images), (batch.size,), generator=gen))].to(vae.device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(vae.device)
+        noise = batch.take(torch.randn((batch.size, *posterior.mean.shape[1:]), generator=gen))
+        z = posterior.mean + posterior.std * noise.to(vae.device)
         recon = vae.decode(z).sample
         # shapes cover a small part of the image: weight pixels by how far they are from the image's mean colour,
         # or the decoder learns the background long before it learns the colour of the shape
@@ -242,19 +246,19 @@ def train_unet(out_dir: str | Path, world: mw.WorldConfig, cfg: UNetConfig, teac
     scheduler = noise_scheduler(cfg.prediction_type)
     loop = LoopConfig.from_params(cfg.loop, seed=cfg.seed)
 
-    def loss_fn(step):
-        gen = step_generator(cfg.seed, step)
-        idx = torch.randint(len(scenes), (loop.batch_size,), generator=gen)
-        texts = _caption_batch([scenes[i] for i in idx], caption, cfg.seed * 7919 + step, world)
+    def loss_fn(batch: Batch):
+        gen = step_generator(cfg.seed, batch.step)
+        idx = torch.randint(len(scenes), (batch.size,), generator=gen)
+        texts = _caption_batch([scenes[i] for i in idx], caption, cfg.seed * 7919 + batch.step, world)
         drop = torch.rand(len(texts), generator=gen) < cfg.uncond_prob
-        texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
+        texts = batch.take(["" if d else t for t, d in zip(texts, drop.tolist())])
         text_encoder.to(unet.device)  # frozen parts follow the UNet onto the accelerator's device
         with torch.no_grad():
             cond = prompt_states(text_encoder, tokenizer, texts).last_hidden_state
-        x0 = latents[idx].to(unet.device)
-        noise = torch.randn(x0.shape, generator=gen).to(unet.device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen).to(unet.device)
-        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        x0 = latents[batch.take(idx)].to(unet.device)
+        noise = batch.take(torch.randn((batch.size, *latents.shape[1:]), generator=gen)).to(unet.device)
+        t = batch.take(torch.randint(0, scheduler.config.num_train_timesteps, (batch.size,), generator=gen)).to(unet.device)
+        pred = batch.models[0](scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         return F.mse_loss(pred, target)
 
