@@ -5,6 +5,8 @@
 #   make test  install into .venv/, write the hub-layout stand-ins and build the stand-in profile's models (the full
 #              profile's plan at toy sizes), then run the tests (unit tests, every notebook executed on the stand-in
 #              profile) in two pytest workers
+#   make full-shapes  a dry run of every full-profile build stage at the real models' sizes (random weights, 2 steps at
+#              batch 1): seconds and peak memory per stage to outputs/bench/full-shapes-<device>.json (not in CI)
 PARAMS ?= params/mini.yaml
 # what the tests run every notebook on: params/full.yaml's plan on the stand-ins of `python -m koclip_lib.standins`
 STANDIN := params/standin.yaml
@@ -12,7 +14,7 @@ STANDIN := params/standin.yaml
 TEST_JOBS ?= 2
 PY := .venv/bin/python
 
-.PHONY: all test setup notebooks sync
+.PHONY: all test setup notebooks sync full-shapes
 all: setup
 	$(PY) -m koclip_lib.run --params $(PARAMS) --build --jobs 2
 	$(PY) -m koclip_lib.run --params $(PARAMS)
@@ -22,6 +24,10 @@ test: setup
 	$(PY) -m koclip_lib.standins --out outputs/standin/hub
 	$(PY) -m koclip_lib.run --params $(STANDIN) --build --jobs 1
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup
+
+full-shapes: setup
+	$(PY) -m koclip_lib.standins --real-size --out outputs/full-shapes/hub
+	$(PY) -m koclip_lib.run --params params/full-shapes.yaml --build --record
 
 setup:
 	bash scripts/setup.sh

@@ -4,6 +4,7 @@
     python -m koclip_lib.run --params params/mini.yaml --only 01  # one (or several: --only 01 02)
     python -m koclip_lib.run --params params/mini.yaml --build --jobs 2  # only train the models, two at a time
     accelerate launch --multi_gpu --num_processes 8 -m koclip_lib.run --params params/full.yaml --build  # data-parallel
+    python -m koclip_lib.run --params params/full-shapes.yaml --build --record  # each step alone: seconds, peak memory
 
 The jupytext `.py` file is the source of each notebook (readable diffs); papermill injects `params_file`
 into the cell tagged `parameters` and executes with the repository root as working directory.
@@ -12,6 +13,7 @@ into the cell tagged `parameters` and executes with the repository root as worki
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -164,6 +166,81 @@ def build(params_file: str, jobs: int = 2) -> None:
         sys.exit(f"error: build lane(s) {failed} failed; their output is above")
 
 
+def device_name() -> str:
+    """The device a record is named after: "cpu", or the GPU's model ("h200" for an NVIDIA H200)."""
+    import re
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower().replace("nvidia", "")).strip("-")
+
+
+def parameter_counts(params: dict) -> dict[str, int]:
+    """The parameters in each folder of the profile's `models:` (read from the safetensors headers alone)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    counts = {}
+    for hub_id, entry in (params.get("models") or {}).items():
+        n = 0
+        for path in sorted(Path(entry["path"]).rglob("*.safetensors")):
+            with safe_open(str(path), "pt") as f:
+                n += sum(prod(f.get_slice(k).get_shape()) for k in f.keys())
+        counts[hub_id] = n
+    return counts
+
+
+def measure_step(step: str, params: dict, out: Path) -> None:
+    """One build step in this process, then its seconds and this process's peak memory to `out` (JSON)."""
+    import resource
+
+    import torch
+
+    from .common import write_json
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.time()
+    build_step(step, params)
+    write_json(out, {"step": step, "seconds": round(time.time() - started, 1),
+                     "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # KiB on Linux
+                     "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None})
+
+
+def record_build(params_file: str) -> Path:
+    """The profile's build steps one after the other, each in a process of its own so that its peak memory is its
+    own: seconds and peak memory per step, written after every step to `<bench_dir>/<profile>-<device>.json`.
+    Exits 1 naming the steps that failed (the record keeps their exit codes)."""
+    import platform
+    import tempfile
+
+    from .common import load_params, write_json
+
+    params = load_params(params_file)
+    path = Path(params.get("bench_dir", "outputs/bench")) / f"{params.get('profile', Path(params_file).stem)}-{device_name()}.json"
+    record = {"profile": params_file, "device": device_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              "threads": KERNEL_ENV["OMP_NUM_THREADS"], "parameters": parameter_counts(params), "steps": []}
+    started = time.time()
+    for step in [step for lane in build_lanes(params) for step in lane]:
+        with tempfile.TemporaryDirectory() as tmp:
+            measured = Path(tmp) / "step.json"
+            rc = subprocess.call([sys.executable, "-m", "koclip_lib.run", "--params", params_file, "--step", step,
+                                  "--measure", str(measured)], env={**os.environ, **KERNEL_ENV}, cwd=REPO_ROOT)
+            entry = json.loads(measured.read_text(encoding="utf-8")) if rc == 0 else {"step": step}
+        record["steps"].append({**entry, "ok": rc == 0, "exit_code": rc})
+        record["seconds"] = round(time.time() - started, 1)
+        write_json(path, record)
+        print(f"  {step}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} {entry.get('seconds', '')} s, "
+              f"peak {entry.get('peak_rss_gb', '?')} GB resident", flush=True)
+    failed = [s["step"] for s in record["steps"] if not s["ok"]]
+    if failed:
+        sys.exit(f"error: build step(s) {failed} failed; the record is {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m koclip_lib.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params/mini.yaml", help="profile file under params/")
@@ -171,8 +248,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "notebooks"), help="where executed notebooks go")
     ap.add_argument("--build", action="store_true", help="train the models the notebooks use, then stop")
     ap.add_argument("--jobs", type=int, default=2, help="build lanes run side by side (--build)")
+    ap.add_argument("--record", action="store_true",
+                    help="with --build: each step in a process of its own, one after the other; seconds and peak "
+                         "memory per step to <bench_dir>/<profile>-<device>.json")
     ap.add_argument("--lane", type=int, help=argparse.SUPPRESS)  # one build lane, in this process (what --build starts)
+    ap.add_argument("--step", help=argparse.SUPPRESS)  # one build step, in this process (what --record starts) ...
+    ap.add_argument("--measure", help=argparse.SUPPRESS)  # ... measured into this JSON file
     args = ap.parse_args(argv)
+    if args.step is not None:
+        from .common import load_params
+
+        os.chdir(REPO_ROOT)
+        measure_step(args.step, load_params(args.params), Path(args.measure))
+        return
     if args.lane is not None:
         from .common import load_params
 
@@ -180,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
         os.chdir(REPO_ROOT)  # as the notebooks run: cache keys hold paths relative to the repository root
         for step in build_lanes(params)[args.lane]:
             build_step(step, params)
+        return
+    if args.build and args.record:
+        print(f"recorded the build in {record_build(args.params)}", flush=True)
         return
     if args.build:
         started = time.time()

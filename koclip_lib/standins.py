@@ -3,6 +3,7 @@ names, so the project's real `from_pretrained` code runs end to end in CI, where
 
     python -m koclip_lib.standins --out outputs/standin/hub            # everything (well under a minute on 2 CPU cores)
     python -m koclip_lib.standins --out DIR --only sd15 roberta        # some of them
+    python -m koclip_lib.standins --real-size --out outputs/full-shapes/hub   # the real models' sizes (about 10 GB)
     write_standins("outputs/standin/hub", seed=0)                       # the same from Python; returns what standins.json says
 
 Every folder is written by the library's own classes and `save_pretrained`, under the hub id it stands in for
@@ -14,7 +15,10 @@ hub ids to folders. What is real and what is not:
   is kept in koclip_lib/data/tatoeba_ko_en.tsv and in the XLSX's second sheet).
 * random: every weight (seeded: the same seed writes byte-identical safetensors), and the sizes (hidden 32-80
   instead of 768-2048), so outputs are noise. Widths keep the real checkpoints' relations: SD 2.x's text encoder is
-  wider than SD 1.5's, SDXL's UNet reads two encoders' states concatenated plus a pooled vector.
+  wider than SD 1.5's, SDXL's UNet reads two encoders' states concatenated plus a pooled vector. `--real-size`
+  (`REAL`) writes SD 1.5 and dreamshaper (UNet, VAE, CLIP ViT-L/14 text encoder), klue/roberta-small, both opus-mt
+  models and BLIP-base at their real shapes, still random, for a dry run of every stage at real memory and compute
+  (`params/full-shapes.yaml`); SD 2.x and SDXL, which only ever raise the compatibility error, stay tiny.
 * trained here: the klue-style WordPiece, opus-mt-style SentencePiece and BLIP-style WordPiece vocabularies, on the
   shipped sentences.
 The mini world is not used (nothing outside it imports it).
@@ -32,6 +36,7 @@ import random
 import shutil
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +66,40 @@ SAMPLE_SIZE = 16
 SD15_TEXT_WIDTH = 32   # real: 768 (CLIP ViT-L/14)
 SD21_TEXT_WIDTH = 48   # real: 1024 (OpenCLIP ViT-H/14)
 SDXL_TEXT_WIDTHS = (32, 48)  # real: 768 + 1280 (CLIP ViT-L + OpenCLIP bigG), read concatenated by the UNet
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of the models the full profile trains through: SD 1.5's (and dreamshaper's) text encoder, UNet and
+    VAE, the Korean backbone, the two translators, the captioner."""
+    name: str
+    sample_size: int = SAMPLE_SIZE  # SD 1.x latents; images are 8x this
+    text: dict = field(default_factory=lambda: dict(width=SD15_TEXT_WIDTH, layers=2, heads=4, intermediate=2 * SD15_TEXT_WIDTH))
+    unet: dict = field(default_factory=lambda: dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8))
+    vae: dict = field(default_factory=lambda: dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8))
+    roberta: dict = field(default_factory=lambda: dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       intermediate_size=64))
+    marian: dict = field(default_factory=lambda: {"ko-en": dict(d_model=32, layers=1, heads=2, ffn_dim=64),
+                                                  "en-ko": dict(d_model=32, layers=1, heads=2, ffn_dim=64)})
+    blip: dict = field(default_factory=lambda: dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                    num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32))
+
+
+TINY = Sizes("tiny")
+# The hub checkpoints' shapes: SD 1.5 (UNet 860 M parameters, VAE 84 M, CLIP ViT-L/14 text 123 M),
+# klue/roberta-small (32,000 WordPiece ids), opus-mt-ko-en (Marian base) and opus-mt-tc-big-en-ko (Marian big),
+# Salesforce/blip-image-captioning-base (ViT-B/16 at 384 + BERT-base decoder).
+REAL = Sizes(
+    "real", sample_size=64,
+    text=dict(width=768, layers=12, heads=12, intermediate=3072),
+    unet=dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32),
+    vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+    roberta=dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072, vocab_size=32000),
+    marian={"ko-en": dict(d_model=512, layers=6, heads=8, ffn_dim=2048),
+            "en-ko": dict(d_model=1024, layers=6, heads=16, ffn_dim=4096)},
+    blip=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=384,
+              patch_size=16, projection_dim=512),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,43 +223,51 @@ def write_aihub_xlsx(path: Path, pairs: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Stable Diffusion parts.
 # ---------------------------------------------------------------------------------------------------------------
-def clip_text_model(width: int, act: str, projection_dim: int, with_projection: bool = False):
+def clip_text_model(width: int, act: str, projection_dim: int, with_projection: bool = False, layers: int = 2,
+                    heads: int = 4, intermediate: int | None = None):
     """CLIP's text transformer at `width`, with CLIP's 49,408 tokens and 77 positions. bos/eos/pad ids 0/2/1 are
     what the hub's SD text_encoder configs say (a legacy of the original CLIP config): with eos_token_id 2,
     transformers pools at the highest id in the row, which is <|endoftext|> (49407), as SD's encoders do."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=width, intermediate_size=2 * width,
-                            num_hidden_layers=2, num_attention_heads=4, hidden_act=act, projection_dim=projection_dim,
+    config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=width,
+                            intermediate_size=intermediate or 2 * width, num_hidden_layers=layers,
+                            num_attention_heads=heads, hidden_act=act, projection_dim=projection_dim,
                             bos_token_id=0, eos_token_id=2, pad_token_id=1)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
-def sd_unet(cross_attention_dim: int, sd2: bool = False, **sdxl):
-    """SD's UNet at toy size: 2 blocks (32, 64), 4 latent channels. SD 2.x: linear projections in the
-    transformers and upcast attention, as its config says; SDXL passes its added-embedding settings."""
+def sd_unet(cross_attention_dim: int, sd2: bool = False, sizes: Sizes = TINY, **sdxl):
+    """SD's UNet: at toy size 2 blocks (32, 64), at real size SD 1.5's 4 (320-1280); 4 latent channels, cross-attention
+    in every block but the deepest. SD 2.x: linear projections in the transformers and upcast attention, as its config
+    says; SDXL passes its added-embedding settings."""
     from diffusers import UNet2DConditionModel
 
+    n = len(sizes.unet["block_out_channels"])
     if sdxl:  # SDXL: a plain block first, cross-attention deeper (its real order)
         blocks = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
     else:
-        blocks = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+        blocks = dict(down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+                      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1))
     extra = dict(use_linear_projection=True, attention_head_dim=(2, 4)) if sd2 or sdxl else dict(attention_head_dim=8)
     if sd2:
         extra["upcast_attention"] = True
-    return UNet2DConditionModel(sample_size=SAMPLE_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=cross_attention_dim,
+    return UNet2DConditionModel(sample_size=sizes.sample_size, in_channels=4, out_channels=4,
+                                layers_per_block=sizes.unet["layers_per_block"],
+                                block_out_channels=tuple(sizes.unet["block_out_channels"]),
+                                norm_num_groups=sizes.unet["norm_num_groups"], cross_attention_dim=cross_attention_dim,
                                 **blocks, **extra, **sdxl)
 
 
-def sd_vae(scaling_factor: float = 0.18215, force_upcast: bool = True):
-    """SD's AutoencoderKL shape (4 blocks: 8x down, 4 latent channels) with 8-16 channels instead of 128-512."""
+def sd_vae(scaling_factor: float = 0.18215, force_upcast: bool = True, sizes: Sizes = TINY):
+    """SD's AutoencoderKL shape (4 blocks: 8x down, 4 latent channels), with 8-16 channels (tiny) or SD's 128-512."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=sizes.vae["layers_per_block"],
+                         norm_num_groups=sizes.vae["norm_num_groups"],
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         block_out_channels=(8, 16, 16, 16), sample_size=SAMPLE_SIZE * 8, scaling_factor=scaling_factor,
-                         force_upcast=force_upcast)
+                         block_out_channels=tuple(sizes.vae["block_out_channels"]), sample_size=sizes.sample_size * 8,
+                         scaling_factor=scaling_factor, force_upcast=force_upcast)
 
 
 def safety_checker():
@@ -258,14 +305,18 @@ def _fix_feature_extractor_class(folder: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _sd1_pipeline(seed: int, tokenizer, scheduler, name: str, with_safety_checker: bool = True):
+def _sd1_pipeline(seed: int, tokenizer, scheduler, name: str, with_safety_checker: bool = True, sizes: Sizes = TINY):
     from diffusers import StableDiffusionPipeline
 
+    text = sizes.text
     return StableDiffusionPipeline(
-        vae=_built(seed, "sd15/vae", sd_vae),  # a fine-tune keeps SD 1.5's VAE (same seed); UNet and text encoder differ
-        text_encoder=_built(seed, f"{name}/text_encoder", lambda: clip_text_model(SD15_TEXT_WIDTH, "quick_gelu", SD15_TEXT_WIDTH)),
+        # a fine-tune keeps SD 1.5's VAE (same seed); UNet and text encoder differ
+        vae=_built(seed, "sd15/vae", lambda: sd_vae(sizes=sizes)),
+        text_encoder=_built(seed, f"{name}/text_encoder", lambda: clip_text_model(
+            text["width"], "quick_gelu", text["width"], layers=text["layers"], heads=text["heads"],
+            intermediate=text["intermediate"])),
         tokenizer=tokenizer,
-        unet=_built(seed, f"{name}/unet", lambda: sd_unet(SD15_TEXT_WIDTH)),
+        unet=_built(seed, f"{name}/unet", lambda: sd_unet(text["width"], sizes=sizes)),
         scheduler=scheduler,
         safety_checker=_built(seed, "sd15/safety_checker", safety_checker) if with_safety_checker else None,
         feature_extractor=feature_extractor(),
@@ -273,23 +324,24 @@ def _sd1_pipeline(seed: int, tokenizer, scheduler, name: str, with_safety_checke
     )
 
 
-def write_sd15(folder: Path, seed: int, clip: dict) -> None:
+def write_sd15(folder: Path, seed: int, clip: dict, sizes: Sizes = TINY) -> None:
     """stable-diffusion-v1-5/stable-diffusion-v1-5: PNDM, safety checker, CLIP ViT-L-style text encoder."""
     from diffusers import PNDMScheduler
 
     tokenizer = clip_tokenizer(clip, "<|endoftext|>")
-    pipe = _sd1_pipeline(seed, tokenizer, PNDMScheduler.from_config(SD15_SCHEDULER), "sd15")
+    pipe = _sd1_pipeline(seed, tokenizer, PNDMScheduler.from_config(SD15_SCHEDULER), "sd15", sizes=sizes)
     pipe.save_pretrained(folder)
     _finish_sd_folder(folder, clip, ["tokenizer"])
 
 
-def write_dreamshaper(folder: Path, seed: int, clip: dict) -> None:
+def write_dreamshaper(folder: Path, seed: int, clip: dict, sizes: Sizes = TINY) -> None:
     """Lykon/dreamshaper-7: an SD 1.5 fine-tune: SD 1.5's architecture and tokenizer, its own UNet and text encoder
     weights, DPM-Solver++ as its scheduler."""
     from diffusers import DPMSolverMultistepScheduler
 
     tokenizer = clip_tokenizer(clip, "<|endoftext|>")
-    pipe = _sd1_pipeline(seed, tokenizer, DPMSolverMultistepScheduler.from_config(DREAMSHAPER_SCHEDULER), "dreamshaper")
+    pipe = _sd1_pipeline(seed, tokenizer, DPMSolverMultistepScheduler.from_config(DREAMSHAPER_SCHEDULER), "dreamshaper",
+                         sizes=sizes)
     pipe.save_pretrained(folder)
     _finish_sd_folder(folder, clip, ["tokenizer"])
 
@@ -367,7 +419,7 @@ def wordpiece_vocab(texts: list[str], specials: list[str], vocab_size: int, lowe
     return vocab
 
 
-def write_roberta(folder: Path, seed: int, pairs: list[dict]) -> None:
+def write_roberta(folder: Path, seed: int, pairs: list[dict], sizes: Sizes = TINY) -> None:
     """klue/roberta-small: a RobertaModel whose tokenizer is BERT's WordPiece (klue's tokenizer_config says
     BertTokenizer) with [CLS]=0, [PAD]=1, [SEP]=2, [UNK]=3, [MASK]=4, cased, 512 positions."""
     from transformers import BertTokenizer, RobertaConfig, RobertaModel
@@ -375,8 +427,8 @@ def write_roberta(folder: Path, seed: int, pairs: list[dict]) -> None:
     vocab = wordpiece_vocab([p["ko"] for p in pairs], ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"], 2000, lowercase=False)
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=False, strip_accents=False, model_max_length=512)
     assert [tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")] == [0, 1, 2, 3, 4]
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
+    # the real model's embedding table is klue's 32,000 ids; the ids past this vocabulary are never read
+    config = RobertaConfig(**{"vocab_size": len(tokenizer), **sizes.roberta}, max_position_embeddings=514, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
     model = _built(seed, "roberta", lambda: RobertaModel(config, add_pooling_layer=True))
     model.save_pretrained(folder)
@@ -390,7 +442,7 @@ def _write_vocab_txt(folder: Path, tokenizer) -> None:
     (folder / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
 
 
-def write_marian(folder: Path, seed: int, pairs: list[dict], source_lang: str, target_lang: str) -> None:
+def write_marian(folder: Path, seed: int, pairs: list[dict], source_lang: str, target_lang: str, sizes: Sizes = TINY) -> None:
     """Helsinki-NLP/opus-mt-*: MarianMTModel + MarianTokenizer files (source.spm, target.spm, vocab.json,
     tokenizer_config.json, generation_config.json), through the project's own tokenizer and model builders."""
     from transformers import MarianTokenizer
@@ -403,32 +455,37 @@ def write_marian(folder: Path, seed: int, pairs: list[dict], source_lang: str, t
     tokenizer = MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json"),
                                 source_lang=source_lang, target_lang=target_lang)
     tokenizer.save_pretrained(folder)
-    cfg = TranslatorConfig(d_model=32, layers=1, heads=2, ffn_dim=64, max_length=512, seed=_seed(seed, f"marian-{source_lang}-{target_lang}"))
+    cfg = TranslatorConfig(**sizes.marian[f"{source_lang}-{target_lang}"], max_length=512,
+                           seed=_seed(seed, f"marian-{source_lang}-{target_lang}"))
     model = build_marian(cfg, tokenizer).eval()  # build_marian seeds torch with cfg.seed itself
     model.generation_config.max_length = 512  # as opus-mt's generation_config
     model.save_pretrained(folder)
 
 
-def write_blip(folder: Path, seed: int, pairs: list[dict]) -> None:
+def write_blip(folder: Path, seed: int, pairs: list[dict], sizes: Sizes = TINY) -> None:
     """Salesforce/blip-image-captioning-base: BlipForConditionalGeneration + BlipProcessor (BlipImageProcessor at
-    32x32 instead of 384, an uncased BERT WordPiece with BLIP's "[DEC]" bos and "[ENC]" tokens appended)."""
+    32x32 (tiny) or 384, an uncased BERT WordPiece with BLIP's "[DEC]" bos and "[ENC]" tokens appended)."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     vocab = wordpiece_vocab([p["en"] for p in pairs], ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], 1000, lowercase=True)
     vocab.update({"[DEC]": len(vocab), "[ENC]": len(vocab) + 1})  # BLIP adds them after bert-base-uncased's vocabulary
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, bos_token="[DEC]", extra_special_tokens=["[ENC]"],
                               model_max_length=512)
-    image_processor = BlipImageProcessor(size={"height": 32, "width": 32}, do_resize=True, resample=3, do_normalize=True,
-                                         image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+    b = sizes.blip
+    image_processor = BlipImageProcessor(size={"height": b["image_size"], "width": b["image_size"]}, do_resize=True,
+                                         resample=3, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+                                         do_convert_rgb=True)
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[DEC]", "[PAD]", "[SEP]")}
     config = BlipConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=512,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=b["hidden_size"], intermediate_size=b["intermediate_size"],
+                         num_hidden_layers=b["num_hidden_layers"], num_attention_heads=b["num_attention_heads"],
+                         encoder_hidden_size=b["hidden_size"], max_position_embeddings=512,
                          bos_token_id=ids["[DEC]"], pad_token_id=ids["[PAD]"], sep_token_id=ids["[SEP]"], eos_token_id=ids["[SEP]"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                           patch_size=8),
-        projection_dim=32)
+        vision_config=dict(hidden_size=b["hidden_size"], intermediate_size=b["intermediate_size"],
+                           num_hidden_layers=b["num_hidden_layers"], num_attention_heads=b["num_attention_heads"],
+                           image_size=b["image_size"], patch_size=b["patch_size"]),
+        projection_dim=b["projection_dim"])
     model = _built(seed, "blip", lambda: BlipForConditionalGeneration(config))
     # Random weights could end a caption at once, or fill it with special tokens, and an empty caption is refused by
     # the translator the LoRA stage sends it to next; BLIP's generate builds its own decoder settings, so the only
@@ -537,9 +594,10 @@ def _replace_inside(out_dir: Path, target: Path, write: Callable[[Path], None]) 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def write_standins(out_dir, seed: int = 0, only: list[str] | None = None) -> dict:
+def write_standins(out_dir, seed: int = 0, only: list[str] | None = None, sizes: Sizes = TINY) -> dict:
     """Write the stand-ins (all, or the keys in `only`) under out_dir and update out_dir/standins.json; returns
-    that record: {key: {"path", "stands_in_for", "components", "seconds"}, ...} under "standins"."""
+    that record: {key: {"path", "stands_in_for", "components", "seconds"}, ...} under "standins". `sizes`: TINY, or
+    REAL (the real models' shapes; see `Sizes`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = list(STANDINS) if not only else list(only)
@@ -549,23 +607,23 @@ def write_standins(out_dir, seed: int = 0, only: list[str] | None = None) -> dic
     pairs = tatoeba_pairs()
     clip = clip_vocabulary() if {"sd15", "dreamshaper", "sd21", "sdxl"} & set(keys) else {}
     writers = {
-        "sd15": lambda d: write_sd15(d, seed, clip),
-        "dreamshaper": lambda d: write_dreamshaper(d, seed, clip),
+        "sd15": lambda d: write_sd15(d, seed, clip, sizes),
+        "dreamshaper": lambda d: write_dreamshaper(d, seed, clip, sizes),
         "sd21": lambda d: write_sd21(d, seed, clip),
         "sdxl": lambda d: write_sdxl(d, seed, clip),
-        "roberta": lambda d: write_roberta(d, seed, pairs),
-        "marian-ko-en": lambda d: write_marian(d, seed, pairs, "ko", "en"),
-        "marian-en-ko": lambda d: write_marian(d, seed, pairs, "en", "ko"),
-        "blip": lambda d: write_blip(d, seed, pairs),
+        "roberta": lambda d: write_roberta(d, seed, pairs, sizes),
+        "marian-ko-en": lambda d: write_marian(d, seed, pairs, "ko", "en", sizes),
+        "marian-en-ko": lambda d: write_marian(d, seed, pairs, "en", "ko", sizes),
+        "blip": lambda d: write_blip(d, seed, pairs, sizes),
         "taesd": lambda d: write_taesd(d, seed),
         "aihub": lambda d: write_aihub_xlsx(d / "ko-en.xlsx", pairs),
         "images": lambda d: write_ink_images(d, seed),
     }
     record_path = out_dir / "standins.json"
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
-    if record.get("seed") != seed:
-        record = {}  # entries written with another seed are not this run's
-    record.update(seed=seed, licence={"sentences": TATOEBA_LICENCE})
+    if record.get("seed") != seed or record.get("sizes", TINY.name) != sizes.name:
+        record = {}  # entries written with another seed or at other sizes are not this run's
+    record.update(seed=seed, sizes=sizes.name, licence={"sentences": TATOEBA_LICENCE})
     entries = record.setdefault("standins", {})
     for key in keys:
         start = time.perf_counter()
@@ -583,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write the stand-ins into (e.g. outputs/standin/hub)")
     parser.add_argument("--seed", type=int, default=0, help="weights seed (same seed: byte-identical safetensors)")
     parser.add_argument("--only", nargs="+", choices=list(STANDINS), help="write only these stand-ins")
+    parser.add_argument("--real-size", action="store_true",
+                        help="the real models' shapes (random weights; SD 2.x and SDXL stay tiny): params/full-shapes.yaml")
     args = parser.parse_args(argv)
     from transformers.utils import logging as transformers_logging
 
@@ -590,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per model
     start = time.perf_counter()
     try:
-        record = write_standins(args.out, seed=args.seed, only=args.only)
+        record = write_standins(args.out, seed=args.seed, only=args.only, sizes=REAL if args.real_size else TINY)
     except FileNotFoundError as e:
         parser.exit(1, f"standins: {e}\n")
     for key, entry in record["standins"].items():

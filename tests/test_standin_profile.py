@@ -153,3 +153,23 @@ def test_evaluation_prompts_come_from_the_profiles_corpus(standin):
         for lang, side in (("ko", 0), ("en", 1)):
             rows = evaluate.read_prompt_tsv(files[f"{lang}_{name}"])
             assert [r.prompt for r in rows] == [p[side] for p in pairs] and not any(r.attributes for r in rows)
+
+
+def test_a_recorded_build_measures_each_step_in_its_own_process_and_fails_on_a_failed_step(standin_hub, tmp_path):
+    """`run --build --record` (the real-shape dry run's runner): one JSON entry per step with its seconds and peak
+    memory, written as it goes; a step that fails is kept in the record and makes the command exit non-zero."""
+    params = _retarget(load_params(REPO / "params" / "standin.yaml"), standin_hub, tmp_path / "out")
+    params.update(profile="recorded", bench_dir=str(tmp_path / "bench"), build_lanes=[["corpus", "no_such_step"]])
+    params_file = tmp_path / "recorded.yaml"
+    params_file.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "koclip_lib.run", "--params", str(params_file), "--build", "--record"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "no_such_step" in proc.stderr, proc.stderr[-3000:]
+    from koclip_lib.run import device_name
+
+    record = json.loads((tmp_path / "bench" / f"recorded-{device_name()}.json").read_text(encoding="utf-8"))
+    corpus, failed = record["steps"]
+    assert corpus["step"] == "corpus" and corpus["ok"] and corpus["seconds"] > 0 and corpus["peak_rss_gb"] > 0.05
+    assert failed == {"step": "no_such_step", "ok": False, "exit_code": failed["exit_code"]} and failed["exit_code"] != 0
+    assert record["parameters"][SD15] > 0  # the models: folders' parameter counts
+    assert (tmp_path / "out" / "corpus" / "summary.json").exists()

@@ -257,3 +257,17 @@ def test_rejects_unknown_keys_and_never_writes_outside_out_dir(tmp_path):
     with pytest.raises(ValueError, match="not inside"):
         standins._replace_inside(tmp_path / "hub", tmp_path / "elsewhere", lambda d: None)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_real_size_stand_ins_have_sd15s_parameter_counts():
+    """`--real-size` builds SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder at their hub checkpoints' exact parameter
+    counts (built on the meta device: no memory, no weights)."""
+    text = standins.REAL.text
+    with torch.device("meta"):
+        unet = standins.sd_unet(text["width"], sizes=standins.REAL)
+        vae = standins.sd_vae(sizes=standins.REAL)
+        encoder = standins.clip_text_model(text["width"], "quick_gelu", text["width"], layers=text["layers"],
+                                           heads=text["heads"], intermediate=text["intermediate"])
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, encoder)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]  # stable-diffusion-v1-5's unet, vae, text_encoder
+    assert unet.config.sample_size == 64 and unet.config.cross_attention_dim == 768
