@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from . import use_multilingual  # noqa: F401  (registers USE multilingual with AutoModel: a backbone students may use)
 from .common import artifact_hash, cached_artifact, is_main_process, write_json
 from .plan import ModelRef, checkpoint
 from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
