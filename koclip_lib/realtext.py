@@ -315,3 +315,64 @@ def plot_results(table, students: dict[str, Path], path=None):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=80, bbox_inches="tight")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring any student on any pairs, from the command line.
+# ---------------------------------------------------------------------------------------------------------------
+def read_pairs_tsv(path) -> list[tuple[str, str]]:
+    """(ko, en) rows of a TSV whose header names a `ko` and an `en` column (other columns are ignored)."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path}: empty file (expected a header with ko and en columns)")
+        missing = [c for c in ("ko", "en") if c not in reader.fieldnames]
+        if missing:
+            raise ValueError(f"{path}: no {' and no '.join(missing)} column; the header has {reader.fieldnames}")
+        pairs = [(row["ko"].strip(), row["en"].strip()) for row in reader if (row["ko"] or "").strip() and (row["en"] or "").strip()]
+    if not pairs:
+        raise ValueError(f"{path}: no rows with both a ko and an en text")
+    return pairs
+
+
+def score(student_dir, pairs: list[tuple[str, str]], teacher: str | None = None) -> dict:
+    """A student's Korean against its teacher's English, in the teacher's space: ko->en R@1 / R@5 among the distinct
+    English sentences, the mean pooled cosine pair by pair, and the token-state cosine (`teacher_space_row`). The
+    teacher defaults to the one the student's config names."""
+    config_file = Path(student_dir) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if config.get("model_type") != distill.KoreanTextEncoderConfig.model_type:
+        raise ValueError(f"{student_dir}: not a koclip student folder (no config.json of model_type "
+                         f"{distill.KoreanTextEncoderConfig.model_type!r})")
+    student, tokenizer = distill.load_student(student_dir)
+    t_model, t_tok = distill.load_teacher(teacher_path(teacher or config["teacher"]), config["num_positions"])
+    row = teacher_space_row(student, tokenizer, t_model, t_tok, [k for k, _ in pairs], [e for _, e in pairs])
+    return {"R@1": row["R@1"], "R@5": row["R@5"], "cosine": row["cos_to_teacher_en"], "seq_cosine": row["seq_cosine"],
+            "pairs": row["pairs"], "candidates": row["candidates"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m koclip_lib.realtext", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sc = sub.add_parser("score", help="one JSON line: a student's ko->en R@1, R@5 and cosine in its teacher's space")
+    sc.add_argument("--student", required=True, help="a student folder (distill.save_student)")
+    sc.add_argument("--pairs", required=True, help="a TSV with ko and en columns")
+    sc.add_argument("--teacher", help="the teacher folder or package (default: the one the student's config names)")
+    args = ap.parse_args(argv)
+    try:
+        result = score(args.student, read_pairs_tsv(args.pairs), args.teacher)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+        ap.exit(2, f"error: {e}\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -129,3 +129,32 @@ def test_a_short_distillation_with_the_real_teacher(minilm, tmp_path):
     assert out.last_hidden_state.shape == (2, 16, 384) and out.pooler_output.shape == (2, 384)
     losses = [h["loss"] for h in result["log"]["history"] if "loss" in h]
     assert result["log"]["steps"] == 3 and losses and np.isfinite(losses).all()
+    # the score command line on the saved student, in its teacher's space (the teacher its config names)
+    distill.save_student(result["student"], result["tokenizer"], tmp_path / "student", {})
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("id\tko\ten\n" + "".join(f"{i}\t{ko}\t{en}\n" for i, (ko, en) in enumerate(KO_EN)), encoding="utf-8")
+    import contextlib
+    import io
+    import json
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert realtext.main(["score", "--student", str(tmp_path / "student"), "--pairs", str(tsv)]) == 0
+    scored = json.loads(printed.getvalue())
+    assert scored["pairs"] == 4 and 0 <= scored["R@1"] <= scored["R@5"] <= 1 and -1 <= scored["cosine"] <= 1
+    assert scored == realtext.score(tmp_path / "student", KO_EN)
+
+
+def test_score_refuses_bad_input_in_one_line(tmp_path, capsys):
+    (tmp_path / "no_en.tsv").write_text("ko\ttext\n고양이\tcat\n", encoding="utf-8")
+    (tmp_path / "empty.tsv").write_text("", encoding="utf-8")
+    (tmp_path / "good.tsv").write_text("ko\ten\n고양이\tcat\n", encoding="utf-8")
+    (tmp_path / "not_a_student").mkdir()
+    cases = [("no_en.tsv", str(tmp_path), "no en column"), ("empty.tsv", str(tmp_path), "empty file"),
+             ("missing.tsv", str(tmp_path), "no such file"),
+             ("good.tsv", str(tmp_path / "not_a_student"), "not a koclip student folder")]
+    for tsv, student, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            realtext.main(["score", "--student", student, "--pairs", str(tmp_path / tsv)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and err.count("\n") == 1, err
