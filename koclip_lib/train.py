@@ -17,7 +17,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,6 +50,9 @@ class LoopConfig:
     min_delta: float = 0.0
     seed: int = 0
     mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU
+    # learning-rate multipliers by parameter-name prefix, the longest matching prefix winning: {"backbone": 0.1}
+    # fine-tunes a pretrained backbone ten times slower than the new heads, {"backbone": 0} freezes it
+    lr_scales: dict = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: dict | None, **overrides) -> "LoopConfig":
@@ -163,7 +166,8 @@ def train_loop(
     accelerator = loop_accelerator(cfg.mixed_precision)
     main = accelerator.is_main_process
     params = list(params) if params is not None else [p for m in models for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params, groups = _param_groups(models, params, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     prepared = accelerator.prepare(*models, optimizer, scheduler)
     wrapped, optimizer, scheduler = prepared[:-2], prepared[-2], prepared[-1]
@@ -249,6 +253,27 @@ def train_loop(
     if main:
         (out_dir / "train_log.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
     return result
+
+
+def _param_groups(models: Sequence[nn.Module], params: list[nn.Parameter], cfg: LoopConfig):
+    """(the parameters trained, the optimizer's groups): one group at `cfg.lr` unless `cfg.lr_scales` names prefixes;
+    a parameter scaled to 0 is frozen (no gradient is computed for it)."""
+    if not cfg.lr_scales:
+        return params, params
+    names = {id(p): n for m in models for n, p in m.named_parameters()}
+    by_scale: dict[float, list] = {}
+    for p in params:
+        name = names.get(id(p), "")
+        prefixes = [k for k in cfg.lr_scales if name == k or name.startswith(k + ".")]
+        scale = float(cfg.lr_scales[max(prefixes, key=len)]) if prefixes else 1.0
+        if scale == 0:
+            p.requires_grad_(False)
+        else:
+            by_scale.setdefault(scale, []).append(p)
+    if not by_scale:
+        raise ValueError(f"lr_scales {cfg.lr_scales} freezes every parameter")
+    return ([p for group in by_scale.values() for p in group],
+            [{"params": group, "lr": cfg.lr * scale} for scale, group in by_scale.items()])
 
 
 def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:

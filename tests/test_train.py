@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -72,3 +73,23 @@ def test_one_process_trains_a_loop_in_no_precision_then_one_in_bf16(tmp_path):
     from accelerate.state import AcceleratorState
 
     assert AcceleratorState().mixed_precision == "no"
+
+
+def test_lr_scales_freeze_and_slow_down_parameters_by_name(tmp_path):
+    """{"0": 0} freezes the first layer, {"2": 0.1} trains the last at a tenth of the rate; without scales, one group."""
+    from koclip_lib.train import _param_groups
+
+    model, loss_fn = _regression_problem()
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = LoopConfig(steps=5, lr=1e-2, batch_size=32, warmup_steps=0, lr_schedule="constant", lr_scales={"0": 0, "2": 0.1})
+    trained, groups = _param_groups([model], list(model.parameters()), cfg)
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-2 * 0.1)] and len(trained) == 2
+    train_loop([model], loss_fn, cfg, tmp_path)
+    first, last = model[0], model[2]
+    assert torch.equal(first.weight, before[0]) and not first.weight.requires_grad
+    assert not torch.equal(last.weight, before[2])
+    plain, _ = _regression_problem()
+    params = list(plain.parameters())
+    assert _param_groups([plain], params, LoopConfig()) == (params, params)
+    with pytest.raises(ValueError, match="freezes every parameter"):
+        _param_groups([plain], params, LoopConfig(lr_scales={"0": 0, "2": 0}))
