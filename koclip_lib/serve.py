@@ -15,7 +15,14 @@ API (JSON in, JSON out; `Authorization: Bearer KEY` or `X-API-Key: KEY` when KOC
     GET    /v1/jobs/{id}/events  server-sent events: `state` on every change, `progress` per denoising step
     DELETE /v1/jobs/{id}         cancel a queued or running job
     GET    /v1/loras             the registered LoRA names (never their paths)
+    POST   /sdapi/v1/txt2img (+ progress, loras, sd-models, samplers)   AUTOMATIC1111's API   } koclip_lib.serve_compat,
+    POST   /v1/images/generations                                    OpenAI's images API  } over the same queue
     GET    /healthz  /readyz  /metrics (Prometheus text)
+
+A prompt may carry A1111's `<lora:name:weight>` tags: they are taken out of the text and join `loras`, checked the same
+way (unknown name: 422 naming it). Every PNG carries its generation parameters in A1111's `parameters` text chunk
+(prompt, negative prompt, steps, sampler, CFG scale, seed, size, model, text encoder, LoRA weights), which A1111's
+"PNG Info" and ComfyUI read.
 
 Rules the design keeps:
 
@@ -45,6 +52,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -53,13 +61,14 @@ import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import prometheus_client as prom
 import torch
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .adapters import LORA_NAME, LoraError, LoraRegistry, apply_loras  # one rule for LoRA names: the registry's
@@ -111,11 +120,12 @@ class JobSpec:
     height: int
     loras: tuple = ()  # ((name, weight), ...) in request order
     text_windows: int = 1  # 77-state windows of the prompt (a Korean pipeline chunks long prompts)
+    sampler: str = ""  # an A1111 sampler name (SAMPLERS); "" = the pipeline's own scheduler
 
     @property
     def batch_key(self) -> tuple:
         # equal windows too: padding a prompt with empty windows to share a batch would change its image
-        return (self.width, self.height, self.steps, self.guidance, self.loras, self.text_windows)
+        return (self.width, self.height, self.steps, self.guidance, self.loras, self.text_windows, self.sampler)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -216,10 +226,80 @@ def load_lora_registry(path: str | os.PathLike | None) -> dict[str, dict]:
         raise ValueError(str(err)) from None
 
 
-def png_bytes(image) -> bytes:
+def png_bytes(image, parameters: Optional[str] = None) -> bytes:
+    """The PNG; `parameters` goes into a `parameters` text chunk, where A1111's "PNG Info" and ComfyUI read it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if parameters:
+        info = PngInfo()
+        info.add_itxt("parameters", parameters)  # iTXt: UTF-8, so Korean prompts survive
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+# A1111's sampler names -> the diffusers scheduler (and its settings) that implements each
+SAMPLERS = {"DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+            "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+            "Euler": ("EulerDiscreteScheduler", {}),
+            "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+            "Heun": ("HeunDiscreteScheduler", {}),
+            "LMS": ("LMSDiscreteScheduler", {}),
+            "DDIM": ("DDIMScheduler", {}),
+            "PLMS": ("PNDMScheduler", {}),
+            "UniPC": ("UniPCMultistepScheduler", {})}
+
+
+def sampler_name(scheduler) -> str:
+    """A1111's name of a diffusers scheduler object (its class name when A1111 has none)."""
+    name = type(scheduler).__name__
+    config = getattr(scheduler, "config", {})
+    for sampler, (cls, kwargs) in SAMPLERS.items():
+        if cls == name and all(config.get(k) == v for k, v in kwargs.items()) and \
+                (sampler != "DPM++ 2M" or not config.get("use_karras_sigmas")):
+            return sampler
+    return name
+
+
+LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>")
+
+
+def prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """A1111's `<lora:name:weight>` tags taken out of a prompt: (the prompt without them, [(name, weight)]).
+    The weight defaults to 1; one that is not a number is a ValueError naming the tag."""
+    loras = []
+    for match in LORA_TAG.finditer(prompt):
+        name, weight = match.group(1).strip(), (match.group(2) or "1").strip()
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(f"{match.group(0)}: the weight {weight!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{match.group(0)}: the weight must be finite")
+        loras.append((name, value))
+    return " ".join(LORA_TAG.sub(" ", prompt).split()), loras
+
+
+def _model_name(module) -> str:
+    path = getattr(module, "name_or_path", "") or getattr(getattr(module, "config", None), "_name_or_path", "") or ""
+    return Path(str(path).rstrip("/")).name or type(module).__name__
+
+
+def generation_parameters(spec: "JobSpec", pipe) -> str:
+    """The A1111 "parameters" text of a job: prompt (with its LoRA tags), negative prompt, then
+    `Steps, Sampler, CFG scale, Seed, Size, Model, Text encoder, Lora weights`."""
+    tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in spec.loras)
+    fields = {"Steps": spec.steps, "Sampler": spec.sampler or sampler_name(pipe.scheduler),
+              "CFG scale": f"{spec.guidance:g}", "Seed": spec.seed, "Size": f"{spec.width}x{spec.height}",
+              "Model": _model_name(pipe), "Text encoder": _model_name(pipe.text_encoder)}
+    if spec.loras:
+        fields["Lora weights"] = json.dumps({name: weight for name, weight in spec.loras})
+    lines = [spec.prompt + tags]
+    if spec.negative_prompt:
+        lines.append(f"Negative prompt: {spec.negative_prompt}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
+    return "\n".join(lines)
 
 
 class PipelineEngine:
@@ -231,7 +311,17 @@ class PipelineEngine:
         self.cache_size = cache_size
         self._embeddings: OrderedDict = OrderedDict()
         self.cache_hits = self.cache_misses = 0
+        self._schedulers = {"": pipe.scheduler}  # sampler name -> scheduler, built once from the checkpoint's config
         pipe.set_progress_bar_config(disable=True)
+
+    def scheduler(self, sampler: str):
+        """The scheduler of an A1111 sampler name ("" = the pipeline's own), from the checkpoint's scheduler config."""
+        if sampler not in self._schedulers:
+            import diffusers
+
+            cls, kwargs = SAMPLERS[sampler]
+            self._schedulers[sampler] = getattr(diffusers, cls).from_config(self._schedulers[""].config, **kwargs)
+        return self._schedulers[sampler]
 
     def text_windows(self, prompt: str, negative_prompt: Optional[str]) -> int:
         """How many 77-state windows the prompt and its negative take: 1 for an English pipeline; a Korean pipeline
@@ -269,6 +359,7 @@ class PipelineEngine:
         """PNG bytes per spec (all share one batch key), or None when `on_step(step, steps)` asked to stop."""
         first = specs[0]
         self._apply_loras(first.loras)
+        self.pipe.scheduler = self.scheduler(first.sampler)
         positive, negative = zip(*(self._encode(s) for s in specs))
         generators = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
         stopped = False
@@ -284,7 +375,7 @@ class PipelineEngine:
                         width=first.width, height=first.height, num_inference_steps=first.steps,
                         guidance_scale=first.guidance, generator=generators, output_type="pil",
                         callback_on_step_end=callback)
-        return None if stopped else [png_bytes(im) for im in out.images]
+        return None if stopped else [png_bytes(im, generation_parameters(spec, self.pipe)) for im, spec in zip(out.images, specs)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -681,6 +772,8 @@ def request_models(s: Settings, lora_names: frozenset[str]):
         width: Optional[int] = Field(None, **side)
         height: Optional[int] = Field(None, **side)
         loras: list[LoraRef] = Field(default_factory=list, max_length=s.max_loras)
+        sampler: Optional[str] = Field(None, description=f"an A1111 sampler name: {', '.join(SAMPLERS)}; "
+                                                         "default: the pipeline's scheduler")
         deadline_s: Optional[float] = Field(None, gt=0, le=s.max_deadline_s, allow_inf_nan=False,
                                             description=f"seconds from admission to image; default {s.default_deadline_s:g}")
 
@@ -700,6 +793,13 @@ def request_models(s: Settings, lora_names: frozenset[str]):
                 raise ValueError(f"is {len(text)} characters; the limit is {s.max_prompt_chars}")
             return text or None
 
+        @field_validator("sampler")
+        @classmethod
+        def known_sampler(cls, name: Optional[str]) -> Optional[str]:
+            if name is not None and name not in SAMPLERS:
+                raise ValueError(f"unknown sampler {name!r}; supported: {', '.join(SAMPLERS)}")
+            return name
+
         @field_validator("loras")
         @classmethod
         def distinct(cls, loras: list) -> list:
@@ -709,6 +809,72 @@ def request_models(s: Settings, lora_names: frozenset[str]):
             return loras
 
     return ImageRequest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The response bodies, as /openapi.json documents them
+# ---------------------------------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the request field, dotted (loras.0.name)")
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: str = Field(description="every field's message, joined")
+    errors: list[FieldError]
+
+
+class Accepted(BaseModel):
+    job_id: str
+    queue_position: int
+    estimated_start_s: float
+    deadline_s: float = Field(description="seconds from admission to the job's deadline")
+    status_url: str
+
+
+class StepProgress(BaseModel):
+    step: int
+    steps: int
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+    reason: Optional[str] = None
+    created_at: float
+    deadline: float
+    deadline_in_s: float
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    attempts: int
+    progress: StepProgress
+    batch_id: Optional[int] = None
+    batch_size: Optional[int] = None
+    request: dict = Field(description="the job's request, every default resolved (seed and size included)")
+    queue_position: Optional[int] = Field(None, description="while queued")
+    estimated_start_s: Optional[float] = Field(None, description="while queued")
+    image_url: Optional[str] = Field(None, description="once succeeded")
+
+
+class LoraInfo(BaseModel):
+    trigger: Optional[str] = None
+    description: Optional[str] = None
+
+
+def _error(description: str, **extra) -> dict:
+    return {"model": ErrorBody, "description": description, **extra}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds after which the queue should have room", "schema": {"type": "integer"}}}
+ERRORS = {401: _error("missing or wrong API key (when the server has one)"),
+          422: {"model": ValidationErrorBody, "description": "an invalid request: each bad field named"}}
+ADMISSION = {429: _error("the queue is full; retry after Retry-After seconds", headers=RETRY_AFTER),
+             503: _error("the deadline cannot be met at the current service time (the estimate is in the message)")}
+JOB = {404: _error("unknown job (never accepted, or purged after its TTL)")}
 
 
 def invalid_response(errors: list[dict]) -> JSONResponse:
@@ -722,17 +888,37 @@ def invalid_response(errors: list[dict]) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": "; ".join(e["message"] for e in out), "errors": out})
 
 
-def job_spec(req, engine) -> JobSpec:
-    """The JobSpec of a validated request, every default resolved; 422 for a prompt the pipeline will not draw."""
+def job_spec(req, engine, lora_names=frozenset(), max_loras: int = 4, max_lora_weight: float = 2.0) -> JobSpec:
+    """The JobSpec of a validated request, every default resolved; 422 for a prompt the pipeline will not draw.
+    `<lora:name:weight>` tags in the prompt (A1111's syntax) are taken out of it and join `loras`, checked against
+    the registry's `lora_names` like the body's."""
     width, height = engine.default_size
     try:
-        windows = engine.text_windows(req.prompt, req.negative_prompt)
+        prompt, tagged = prompt_loras(req.prompt)
+    except ValueError as err:
+        raise HTTPException(422, f"prompt: {err}")
+    loras = [(lora.name, float(lora.weight)) for lora in req.loras] + tagged
+    for name, weight in tagged:
+        if name not in lora_names:
+            known = ", ".join(sorted(lora_names)) or "none are registered"
+            raise HTTPException(422, f"prompt: unknown LoRA {name!r} in <lora:{name}:...>; known: {known}")
+        if abs(weight) > max_lora_weight:
+            raise HTTPException(422, f"prompt: <lora:{name}:{weight:g}>: the weight's limit is ±{max_lora_weight:g}")
+    names = [name for name, _ in loras]
+    if len(set(names)) != len(names):
+        raise HTTPException(422, "prompt: each LoRA may be named once (in `loras` or as a <lora:...> tag)")
+    if len(loras) > max_loras:
+        raise HTTPException(422, f"prompt: {len(loras)} LoRAs; the limit is {max_loras}")
+    if not prompt.strip():
+        raise HTTPException(422, "prompt: nothing left to draw once its <lora:...> tags are taken out")
+    try:
+        windows = engine.text_windows(prompt, req.negative_prompt)
     except ValueError as err:  # e.g. more tokens than the Korean pipeline reads
         raise HTTPException(422, f"prompt: {err}")
-    return JobSpec(prompt=req.prompt, negative_prompt=req.negative_prompt,
+    return JobSpec(prompt=prompt, negative_prompt=req.negative_prompt,
                    seed=req.seed if req.seed is not None else secrets.randbelow(2**32), steps=req.steps,
                    guidance=float(req.guidance), width=req.width or width, height=req.height or height,
-                   loras=tuple((lora.name, float(lora.weight)) for lora in req.loras), text_windows=windows)
+                   loras=tuple(loras), text_windows=windows, sampler=req.sampler or "")
 
 
 def _sse(event: str, data: dict) -> str:
@@ -763,40 +949,35 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError):
         return invalid_response(exc.errors())
 
-    def require_key(request: Request) -> None:
+    def require_key(request: Request, _bearer=Security(HTTPBearer(auto_error=False, description="Bearer KEY")),
+                    _header=Security(APIKeyHeader(name="X-API-Key", auto_error=False))) -> None:
         if not settings.api_key:
             return
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if auth[:6].lower() == "basic ":  # A1111's --api-auth clients (webuiapi): the key as the password
+            import base64
+            import binascii
+
+            try:
+                given = base64.b64decode(auth[6:].strip()).decode("utf-8").partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                given = ""
         if not (given and hmac.compare_digest(given.encode(), settings.api_key.encode())):
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    def admit(req) -> tuple[Job, int, float]:
-        spec = job_spec(req, engine)
+    def admit(req, spec: Optional[JobSpec] = None) -> tuple[Job, int, float]:
+        spec = spec or job_spec(req, engine, frozenset(registry), settings.max_loras, settings.max_lora_weight)
         try:
             return service.submit(spec, req.deadline_s or settings.default_deadline_s)
         except Rejected as err:
             headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
             raise HTTPException(err.status, err.message, headers=headers)
 
-    def known(job_id: str) -> dict:
-        status = service.status(job_id)
-        if status is None:
-            raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or purged after its TTL)")
-        return status
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-
-    @v1.post("/images", status_code=202)
-    def submit(req: ImageRequest):
-        job, position, start_in = admit(req)
-        return {"job_id": job.id, "queue_position": position, "estimated_start_s": round(start_in, 3),
-                "deadline_s": round(job.deadline - job.created_at, 3), "status_url": f"/v1/jobs/{job.id}"}
-
-    @v1.post("/images:sync", responses={200: {"content": {"image/png": {}}}})
-    async def submit_and_wait(req: ImageRequest, request: Request):
-        job, _, _ = admit(req)
+    async def wait_for(job: Job, request: Request) -> bool:
+        """Wait until the job ends or its deadline passes (then it is expired); False when the client went away
+        (then it is cancelled: no work runs for nobody)."""
         events = service.hub.subscribe(job.id)
         try:
             while job.state not in TERMINAL:
@@ -809,27 +990,51 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():  # nobody is waiting for this image any more
                         service.cancel(job.id, "the sync client disconnected")
-                        return Response(status_code=499)
+                        return False
         finally:
             service.hub.unsubscribe(job.id, events)
+        return True
+
+    def known(job_id: str) -> dict:
+        status = service.status(job_id)
+        if status is None:
+            raise HTTPException(404, f"unknown job {job_id!r} (never accepted, or purged after its TTL)")
+        return status
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    @v1.post("/images", status_code=202, response_model=Accepted, responses={**ERRORS, **ADMISSION})
+    def submit(req: ImageRequest):
+        job, position, start_in = admit(req)
+        return {"job_id": job.id, "queue_position": position, "estimated_start_s": round(start_in, 3),
+                "deadline_s": round(job.deadline - job.created_at, 3), "status_url": f"/v1/jobs/{job.id}"}
+
+    @v1.post("/images:sync", response_class=Response, responses={
+        200: {"content": {"image/png": {}}, "description": "the PNG (with its `parameters` text chunk)"}, **ERRORS, **ADMISSION,
+        500: _error("generation failed"), 504: _error("the deadline passed before the image was done; the job is expired")})
+    async def submit_and_wait(req: ImageRequest, request: Request):
+        job, _, _ = admit(req)
+        if not await wait_for(job, request):
+            return Response(status_code=499)
         if job.state == SUCCEEDED:
             return Response(service.image(job.id), media_type="image/png", headers={"X-Job-Id": job.id})
         code = {EXPIRED: 504, FAILED: 500}.get(job.state, 409)
         return JSONResponse(status_code=code, content={"detail": f"job {job.state}: {job.reason}", "job_id": job.id,
                                                        "state": job.state, "reason": job.reason})
 
-    @v1.get("/jobs/{job_id}")
+    @v1.get("/jobs/{job_id}", response_model=JobStatus, responses={**ERRORS, **JOB})
     def job_status(job_id: str):
         return known(job_id)
 
-    @v1.delete("/jobs/{job_id}")
+    @v1.delete("/jobs/{job_id}", response_model=JobStatus, responses={**ERRORS, **JOB, 409: _error("the job already ended")})
     def cancel(job_id: str):
         status = known(job_id)
         if not service.cancel(job_id):
             raise HTTPException(409, f"job is already {status['state']}")
         return known(job_id)
 
-    @v1.get("/jobs/{job_id}/image", responses={200: {"content": {"image/png": {}}}})
+    @v1.get("/jobs/{job_id}/image", response_class=Response, responses={
+        200: {"content": {"image/png": {}}, "description": "the PNG"}, **ERRORS, **JOB, 409: _error("the job has no image (yet)")})
     def job_image(job_id: str):
         status = known(job_id)
         if status["state"] != SUCCEEDED:
@@ -837,7 +1042,8 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
             raise HTTPException(409, f"job is {status['state']}{why}; no image")
         return Response(service.image(job_id), media_type="image/png")
 
-    @v1.get("/jobs/{job_id}/events")
+    @v1.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`state` on every change, `progress` per step"}, **ERRORS, **JOB})
     async def job_events(job_id: str, request: Request):
         known(job_id)
         events = service.hub.subscribe(job_id)  # before the snapshot, so no change falls between the two
@@ -864,11 +1070,17 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @v1.get("/loras")
+    @v1.get("/loras", response_model=dict[str, LoraInfo], responses=ERRORS)
     def loras():
         return LoraRegistry(registry).public()
 
     app.include_router(v1)
+    from .serve_compat import Service, a1111_router, openai_router
+
+    compat = Service(engine=engine, settings=settings, service=service, registry=registry, ImageRequest=ImageRequest,
+                     admit=admit, wait_for=wait_for)
+    app.include_router(a1111_router(compat), dependencies=[Depends(require_key)])
+    app.include_router(openai_router(compat), dependencies=[Depends(require_key)])
 
     @app.get("/healthz")
     def healthz():

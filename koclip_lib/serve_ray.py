@@ -137,7 +137,7 @@ class ImageDeployment:
             return invalid_response([{"loc": ("body",), "msg": "not valid JSON"}])
         try:
             req = self.ImageRequest.model_validate(body)
-            spec = job_spec(req, self.engine)
+            spec = job_spec(req, self.engine, frozenset(self.engine.loras), self.settings.max_loras, self.settings.max_lora_weight)
         except ValidationError as err:
             return invalid_response(err.errors())
         except HTTPException as err:

@@ -117,6 +117,43 @@ def test_lora_registry_lists_names_only_and_a_broken_lora_fails_only_its_job(tin
         assert wait_state(client, submit(client))["state"] == "succeeded"  # the worker carries on
 
 
+@pytest.mark.parametrize("prompt, message", [
+    ("a star <lora:unknown:0.5>", "unknown LoRA 'unknown'"),
+    ("a star <lora:crayon:abc>", "'abc' is not a number"),
+    ("a star <lora:crayon:5>", "limit is ±2"),
+    ("<lora:crayon:1>", "nothing left to draw"),
+])
+def test_lora_tags_in_a_prompt_are_checked_like_the_body(tiny_pipe, tmp_path, registry, prompt, message):
+    app = make_app(tiny_pipe, tmp_path, lora_registry=registry)
+    with Running(app) as client:
+        r = client.post("/v1/images", json={"prompt": prompt})
+        assert r.status_code == 422 and message in r.json()["detail"], r.text
+        twice = client.post("/v1/images", json={"prompt": "a <lora:crayon:1>", "loras": [{"name": "crayon"}]})
+        assert twice.status_code == 422 and "named once" in twice.json()["detail"]
+        assert app.state.service.queue == []
+
+
+def test_prompt_lora_tags_are_parsed_as_a1111_writes_them():
+    from koclip_lib.serve import prompt_loras
+
+    assert prompt_loras("빨간 별 <lora:ink:0.7>, 수묵화 <lora:crayon>") == ("빨간 별 , 수묵화", [("ink", 0.7), ("crayon", 1.0)])
+    assert prompt_loras("no tags here") == ("no tags here", [])
+    with pytest.raises(ValueError, match="finite"):
+        prompt_loras("<lora:ink:nan>")
+
+
+def test_every_png_carries_its_generation_parameters(tiny_pipe, tmp_path):
+    with Running(make_app(tiny_pipe, tmp_path)) as client:
+        job = submit(client, prompt="빨간 별 하나", negative_prompt="흐릿한", seed=7, steps=3, guidance=6.5)
+        assert wait_state(client, job)["state"] == "succeeded"
+        png = client.get(f"/v1/jobs/{job}/image").content
+    text = Image.open(io.BytesIO(png)).info["parameters"]  # where A1111's PNG Info and ComfyUI look
+    prompt, negative, fields = text.split("\n")
+    assert prompt == "빨간 별 하나" and negative == "Negative prompt: 흐릿한"
+    assert fields.startswith("Steps: 3, Sampler: ") and "CFG scale: 6.5, Seed: 7, Size: " in fields
+    assert "Model: sd" in fields and "Text encoder: " in fields
+
+
 def test_full_queue_answers_429_at_once_with_retry_after(tiny_pipe, tmp_path):
     app = make_app(tiny_pipe, tmp_path, max_queue=2)
     service = app.state.service
@@ -330,3 +367,25 @@ def test_loadtest_against_a_live_server_loses_no_job(live, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["lost"] == 0
     with pytest.raises(SystemExit):
         loadtest.main(["--url", "http://10.0.0.1:8000"])
+
+
+def test_openapi_documents_bodies_errors_and_auth(tiny_pipe, tmp_path):
+    app = make_app(tiny_pipe, tmp_path, api_key="s3cret")
+    spec = TestClient(app).get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    images = spec["paths"]["/v1/images"]["post"]
+    assert {"202", "401", "422", "429", "503"} <= set(images["responses"])
+    assert images["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrorBody")
+    assert "Retry-After" in images["responses"]["429"]["headers"]
+    assert images["security"]  # the key, where one is set
+    sync = spec["paths"]["/v1/images:sync"]["post"]["responses"]
+    assert "image/png" in sync["200"]["content"] and "504" in sync
+    status = spec["components"]["schemas"]["JobStatus"]
+    assert set(status["properties"]["state"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled", "expired"}
+    assert "/sdapi/v1/txt2img" in spec["paths"] and "/v1/images/generations" in spec["paths"]
+    # the documented 422 body is the one sent
+    with Running(app, headers={"Authorization": "Bearer s3cret"}) as client:
+        body = client.post("/v1/images", json={"prompt": ""}).json()
+    schema = spec["components"]["schemas"]["ValidationErrorBody"]
+    assert set(body) == set(schema["properties"]) and set(body["errors"][0]) == {"field", "message"}
