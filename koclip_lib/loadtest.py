@@ -4,7 +4,9 @@
         [--deadline-s 120] [--steps 4] [--width 32 --height 32] [--max-seconds 600]
 
 `concurrency` clients share `requests` submissions. Each client submits (POST /v1/images), polls its job to a
-terminal state and fetches the PNG, then takes the next request. A 429 is counted and not retried: the client
+terminal state and fetches the PNG, then takes the next request. `--apis native,a1111,openai` rotates the requests
+between that and the two synchronous compatible APIs (POST /sdapi/v1/txt2img, POST /v1/images/generations), whose
+answer is the outcome: 200 with an image (succeeded), 504 (expired), 500 (failed). A 429 is counted and not retried: the client
 waits the Retry-After (capped by --retry-cap-s) before its next request, as a polite client would. Connection
 errors while polling (e.g. the server restarting) are retried until --max-seconds.
 
@@ -127,24 +129,64 @@ async def follow(client: httpx.AsyncClient, job_id: str, submitted: float, until
     tally.lost_ids.append(job_id)
 
 
+def compatible_request(api: str, i: int, args) -> tuple[str, dict]:
+    """(path, body) of request i through A1111's or OpenAI's API (synchronous: the answer carries the image)."""
+    prompt = PROMPTS[i % len(PROMPTS)]
+    if api == "a1111":
+        body = {"prompt": prompt, "seed": i, "steps": args.steps, "cfg_scale": 5.0}
+        return "/sdapi/v1/txt2img", body | {k: v for k, v in (("width", args.width), ("height", args.height)) if v}
+    body = {"prompt": prompt, "n": 1, "response_format": "b64_json"}
+    if args.width and args.height:
+        body["size"] = f"{args.width}x{args.height}"
+    return "/v1/images/generations", body
+
+
+def sync_outcome(r: httpx.Response, submitted: float, tally: Tally) -> bool:
+    """Count a synchronous API's answer; False when it was not an outcome (a refusal or an invalid request)."""
+    if r.status_code == 200:
+        tally.accepted += 1
+        payload = r.json()
+        images = payload.get("images") or [d.get("b64_json") for d in payload.get("data", [])]
+        if not images or not all(images):
+            tally.image_errors += 1
+        tally.states["succeeded"] += 1
+        tally.latencies.append(time.monotonic() - submitted)
+        return True
+    if r.status_code in (500, 504):
+        tally.accepted += 1
+        tally.states["failed" if r.status_code == 500 else "expired"] += 1
+        return True
+    return False
+
+
 async def client_loop(client: httpx.AsyncClient, counter, args, until: float, tally: Tally) -> None:
     while time.monotonic() < until:
         try:
             i = next(counter)
         except StopIteration:
             return
+        api = args.apis[i % len(args.apis)]
         body = {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i, "steps": args.steps, "deadline_s": args.deadline_s}
         if args.width:
             body["width"] = args.width
         if args.height:
             body["height"] = args.height
+        path = "/v1/images"
+        if api != "native":
+            path, body = compatible_request(api, i, args)
         submitted = time.monotonic()
         tally.submitted += 1
         try:
-            r = await client.post("/v1/images", json=body)
+            r = await client.post(path, json=body, timeout=None if api != "native" else 30)
         except httpx.TransportError:
+            if api != "native":  # a synchronous request cut off: its job's outcome was never seen
+                tally.lost += 1
+                tally.lost_ids.append(f"{api} request {i}")
+                continue
             tally.submit_errors += 1  # never accepted, so not lost; the client backs off (server restarting?)
             await asyncio.sleep(args.error_backoff_s)
+            continue
+        if api != "native" and sync_outcome(r, submitted, tally):
             continue
         if r.status_code == 202:
             tally.accepted += 1
@@ -190,7 +232,7 @@ async def run(args) -> dict:
         "rejected_answer_s": {"p50": round(percentile(rej, 50), 4) if rej else None,
                               "max": round(max(rej), 4) if rej else None},
         "wall_s": round(wall, 2), "concurrency": args.concurrency, "steps": args.steps,
-        "size": [args.width, args.height], "deadline_s": args.deadline_s,
+        "size": [args.width, args.height], "deadline_s": args.deadline_s, "apis": args.apis,
     }
 
 
@@ -224,7 +266,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retry-cap-s", type=float, default=5.0, help="longest Retry-After a client honours")
     ap.add_argument("--error-backoff-s", type=float, default=2.0, help="pause after a connection error on submit")
     ap.add_argument("--max-seconds", type=float, default=600.0, help="hard bound on the whole run")
+    ap.add_argument("--apis", default="native", help="comma-separated, requests rotate between them: native "
+                                                      "(POST /v1/images + polling), a1111 (/sdapi/v1/txt2img), openai (/v1/images/generations)")
     args = ap.parse_args(argv)
+    args.apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    if not args.apis or set(args.apis) - {"native", "a1111", "openai"}:
+        ap.error(f"--apis {','.join(args.apis)}: choose from native, a1111, openai")
     check_loopback(args.url)
     if not (1 <= args.concurrency <= 256 and 1 <= args.requests <= 10000):
         ap.error("--concurrency must be 1..256 and --requests 1..10000")

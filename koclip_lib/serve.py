@@ -15,6 +15,9 @@ API (JSON in, JSON out; `Authorization: Bearer KEY` or `X-API-Key: KEY` when KOC
     GET    /v1/jobs/{id}/events  server-sent events: `state` on every change, `progress` per denoising step
     DELETE /v1/jobs/{id}         cancel a queued or running job
     GET    /v1/loras             the registered LoRA names (never their paths)
+    POST   /v1/tokens            a short-lived read token: `GET /v1/jobs/{id}/events?token=...` (a browser's EventSource
+                                 sends no headers)
+    GET    /                     a web page: Korean prompt, examples, LoRA picker, live progress, image and parameters
     POST   /sdapi/v1/txt2img (+ progress, loras, sd-models, samplers)   AUTOMATIC1111's API   } koclip_lib.serve_compat,
     POST   /v1/images/generations                                    OpenAI's images API  } over the same queue
     GET    /healthz  /readyz  /metrics (Prometheus text)
@@ -67,7 +70,7 @@ import prometheus_client as prom
 import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -99,6 +102,7 @@ class Settings:
     lora_registry: Optional[str] = None   # JSON {name: {path, trigger, description}}
     api_key: Optional[str] = field(default_factory=lambda: os.environ.get("KOCLIP_API_KEY") or None)
     embed_cache_size: int = 256
+    token_ttl_s: float = 300.0            # read tokens for EventSource (`POST /v1/tokens`)
     initial_s_per_image_step: float = 0.5  # the service-time estimate until the first batch is measured
     ewma_alpha: float = 0.3
     warmup: bool = False                  # one short generation at startup (loads kernels, measures speed)
@@ -860,6 +864,30 @@ class JobStatus(BaseModel):
     image_url: Optional[str] = Field(None, description="once succeeded")
 
 
+class ReadToken(BaseModel):
+    token: str = Field(description="empty when the server has no key")
+    expires_in: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    queue: int
+    running: int
+    seconds_per_image_step: float
+    safety_checker: Optional[bool] = None
+    scheduler: Optional[str] = None
+    dtype: Optional[str] = None
+
+
+class NotReady(BaseModel):
+    ready: bool
+    detail: str
+
+
 class LoraInfo(BaseModel):
     trigger: Optional[str] = None
     description: Optional[str] = None
@@ -967,6 +995,20 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    def read_token(expires: int) -> str:
+        mac = hmac.new(settings.api_key.encode(), f"read:{expires}".encode(), "sha256").hexdigest()
+        return f"{expires}.{mac}"
+
+    def require_key_or_token(request: Request, token: Optional[str] = None) -> None:
+        """The key, or a read token from `POST /v1/tokens` in `?token=`: a browser's EventSource sends no headers."""
+        if settings.api_key and token:
+            expires, _, _ = token.partition(".")
+            if expires.isdigit() and int(expires) >= time.time() and hmac.compare_digest(token, read_token(int(expires))):
+                return
+            raise HTTPException(401, "expired or invalid token (POST /v1/tokens gives a new one)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        require_key(request)
+
     def admit(req, spec: Optional[JobSpec] = None) -> tuple[Job, int, float]:
         spec = spec or job_spec(req, engine, frozenset(registry), settings.max_loras, settings.max_lora_weight)
         try:
@@ -1042,7 +1084,16 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
             raise HTTPException(409, f"job is {status['state']}{why}; no image")
         return Response(service.image(job_id), media_type="image/png")
 
-    @v1.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={
+    @v1.post("/tokens", response_model=ReadToken, responses=ERRORS)
+    def token():
+        """A read-only token for `GET /v1/jobs/{id}/events?token=...` (what a browser's EventSource can send)."""
+        if not settings.api_key:
+            return {"token": "", "expires_in": 0}
+        return {"token": read_token(int(time.time() + settings.token_ttl_s)), "expires_in": int(settings.token_ttl_s)}
+
+    events_router = APIRouter(prefix="/v1", dependencies=[Depends(require_key_or_token)])
+
+    @events_router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={
         200: {"content": {"text/event-stream": {}}, "description": "`state` on every change, `progress` per step"}, **ERRORS, **JOB})
     async def job_events(job_id: str, request: Request):
         known(job_id)
@@ -1075,6 +1126,12 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
         return LoraRegistry(registry).public()
 
     app.include_router(v1)
+    app.include_router(events_router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        """The web page: a Korean prompt, examples, a LoRA picker, live progress, the image and its parameters."""
+        return (Path(__file__).parent / "web" / "index.html").read_text(encoding="utf-8")
     from .serve_compat import Service, a1111_router, openai_router
 
     compat = Service(engine=engine, settings=settings, service=service, registry=registry, ImageRequest=ImageRequest,
@@ -1082,11 +1139,11 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(a1111_router(compat), dependencies=[Depends(require_key)])
     app.include_router(openai_router(compat), dependencies=[Depends(require_key)])
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": NotReady}})
     def readyz():
         if not service.alive:
             return JSONResponse(status_code=503, content={"ready": False, "detail": "pipeline warming up or worker stopped"})
@@ -1098,7 +1155,7 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
                          scheduler=type(pipe.scheduler).__name__, dtype=str(pipe.unet.dtype).removeprefix("torch."))
         return ready
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
     def metrics():
         return Response(service.metrics.render(), media_type=prom.CONTENT_TYPE_LATEST)
 

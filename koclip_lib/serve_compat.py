@@ -107,13 +107,64 @@ class A1111Txt2Img(BaseModel):
     sampler_index: Optional[str] = None  # A1111's older name of sampler_name
 
 
+class A1111Result(BaseModel):
+    images: list[str] = Field(description="base64 PNGs, each with its `parameters` text chunk")
+    parameters: dict = Field(description="the request as received")
+    info: str = Field(description="JSON: seeds, prompts, sampler, LoRAs, job ids, ignored_fields")
+
+
+class A1111State(BaseModel):
+    job_count: int
+    job: str
+    sampling_step: int
+    sampling_steps: int
+
+
+class A1111Progress(BaseModel):
+    progress: float
+    eta_relative: float
+    state: A1111State
+    current_image: Optional[str] = None
+    textinfo: Optional[str] = None
+
+
+class A1111Lora(BaseModel):
+    name: str
+    alias: str
+    path: str = Field(description="the name again: a server path is never shown")
+    metadata: dict
+
+
+class A1111Model(BaseModel):
+    title: str
+    model_name: str
+    hash: Optional[str] = None
+    sha256: Optional[str] = None
+    filename: str
+    config: Optional[str] = None
+
+
+class A1111Sampler(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict
+
+
+class A1111Error(BaseModel):
+    detail: str
+    error: str
+
+
+A1111_ERRORS = {401: {"model": A1111Error}, 422: {"model": A1111Error}, 429: {"model": A1111Error}, 503: {"model": A1111Error},
+                504: {"model": A1111Error, "description": "an image's deadline passed"}}
+
 A1111_FIELDS = {"guidance": "cfg_scale", "sampler": "sampler_name"}  # the service's field -> A1111's
 
 
 def a1111_router(ctx: Service) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111-compatible"])
 
-    @router.post("/txt2img")
+    @router.post("/txt2img", response_model=A1111Result, responses=A1111_ERRORS)
     async def txt2img(req: A1111Txt2Img, request: Request):
         count = req.batch_size * req.n_iter
         if count > MAX_IMAGES:
@@ -141,7 +192,7 @@ def a1111_router(ctx: Service) -> APIRouter:
         return {"images": [_b64(ctx, job) for job in jobs], "parameters": req.model_dump(),
                 "info": json.dumps(info, ensure_ascii=False)}
 
-    @router.get("/progress")
+    @router.get("/progress", response_model=A1111Progress)
     def progress():
         batch = list(ctx.service.batch)
         queued = len(ctx.service.queue)
@@ -156,17 +207,17 @@ def a1111_router(ctx: Service) -> APIRouter:
                 "state": {"job_count": queued + len(batch), "job": job.id, "sampling_step": job.step, "sampling_steps": steps},
                 "current_image": None, "textinfo": None}
 
-    @router.get("/loras")
+    @router.get("/loras", response_model=list[A1111Lora])
     def loras():
         public = LoraRegistry(ctx.registry).public()
         return [{"name": name, "alias": name, "path": name, "metadata": entry} for name, entry in public.items()]
 
-    @router.get("/sd-models")
+    @router.get("/sd-models", response_model=list[A1111Model])
     def sd_models():
         name = _model_name(ctx.engine.pipe)
         return [{"title": name, "model_name": name, "hash": None, "sha256": None, "filename": name, "config": None}]
 
-    @router.get("/samplers")
+    @router.get("/samplers", response_model=list[A1111Sampler])
     def samplers():
         return [{"name": name, "aliases": [cls], "options": kwargs} for name, (cls, kwargs) in SAMPLERS.items()]
 
@@ -185,6 +236,28 @@ class OpenAIImageRequest(BaseModel):
     response_format: Optional[str] = "b64_json"
 
 
+class OpenAIImage(BaseModel):
+    b64_json: Optional[str] = None
+    url: Optional[str] = None
+    revised_prompt: Optional[str] = None
+
+
+class OpenAIImages(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
 def openai_error(status: int, message: str, param: Optional[str] = None, headers: Optional[dict] = None) -> JSONResponse:
     kind = {401: "authentication_error", 429: "rate_limit_exceeded"}.get(status, "invalid_request_error" if status < 500 else "server_error")
     return JSONResponse(status_code=status, headers=headers,
@@ -194,7 +267,10 @@ def openai_error(status: int, message: str, param: Optional[str] = None, headers
 def openai_router(ctx: Service) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
-    @router.post("/images/generations")
+    @router.post("/images/generations", response_model=OpenAIImages, response_model_exclude_none=True,
+                 responses={code: {"model": OpenAIError} for code in (400, 401, 429, 503, 504)},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": OpenAIImageRequest.model_json_schema()}}}})
     async def generations(request: Request):
         try:
             req = OpenAIImageRequest.model_validate(await request.json())

@@ -20,4 +20,9 @@ fi
 # CLIP's real BPE vocabulary for koclip_lib.standins ships in the open-clip-torch wheel; --no-deps because its
 # torchvision dependency would replace the CPU torch installed above (standins reads the file, never imports open_clip)
 "${PIP[@]}" --no-deps open-clip-torch
+# Debian's chromium: the real browser tests/test_web_page.py drives (through Playwright, which downloads no browser)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+    || echo "setup: chromium could not be installed; tests/test_web_page.py's browser test will be skipped" >&2
+fi
 .venv/bin/python -c "import torch, diffusers, transformers, peft; print('koclip env ready: torch', torch.__version__, '| diffusers', diffusers.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

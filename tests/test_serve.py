@@ -369,6 +369,21 @@ def test_loadtest_against_a_live_server_loses_no_job(live, capsys):
         loadtest.main(["--url", "http://10.0.0.1:8000"])
 
 
+def test_200_requests_mixing_the_three_apis_lose_no_job_and_429_at_once(live):
+    from koclip_lib import loadtest
+
+    url, app = live
+    result = loadtest.main(["--url", url, "--concurrency", "32", "--requests", "200", "--steps", "2", "--width", "32",
+                            "--height", "32", "--retry-cap-s", "0.05", "--max-seconds", "240", "--poll-s", "0.02",
+                            "--apis", "native,a1111,openai"])
+    assert result["lost"] == 0 and result["image_errors"] == 0 and result["invalid"] == 0 and result["submit_errors"] == 0
+    assert result["accepted"] + result["rejected_429"] + result["rejected_503"] == result["submitted"] == 200
+    assert result["succeeded"] == result["accepted"] > 0 and result["rejected_429"] > 0
+    assert result["rejected_answer_s"]["max"] < 2.0  # refused at once, never accepted and then timed out
+    jobs = app.state.service.store._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+    assert dict(jobs) == {"succeeded": result["accepted"]}  # every accepted job, whatever the API, is in the store
+
+
 def test_openapi_documents_bodies_errors_and_auth(tiny_pipe, tmp_path):
     app = make_app(tiny_pipe, tmp_path, api_key="s3cret")
     spec = TestClient(app).get("/openapi.json").json()
@@ -384,6 +399,14 @@ def test_openapi_documents_bodies_errors_and_auth(tiny_pipe, tmp_path):
     status = spec["components"]["schemas"]["JobStatus"]
     assert set(status["properties"]["state"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled", "expired"}
     assert "/sdapi/v1/txt2img" in spec["paths"] and "/v1/images/generations" in spec["paths"]
+    for path, operations in spec["paths"].items():  # every route says what it answers, with a schema or a media type
+        for method, op in operations.items():
+            ok = op["responses"].get("200") or op["responses"].get("202")
+            content = ok.get("content", {})
+            assert content and all(("schema" in v and v["schema"]) or media != "application/json"
+                                   for media, v in content.items()), (method, path, ok)
+    generations = spec["paths"]["/v1/images/generations"]["post"]
+    assert "prompt" in generations["requestBody"]["content"]["application/json"]["schema"]["properties"]
     # the documented 422 body is the one sent
     with Running(app, headers={"Authorization": "Bearer s3cret"}) as client:
         body = client.post("/v1/images", json={"prompt": ""}).json()

@@ -23,13 +23,34 @@ def tiny_pipe(tiny_parts):
     return pipe
 
 
+def random_lora(unet, out_dir):
+    """A LoRA file for `unet` with random (non-zero) weights, written the diffusers way."""
+    import copy
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = copy.deepcopy(unet)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    return out_dir
+
+
 @pytest.fixture
 def server(tiny_pipe, tmp_path):
     """A real uvicorn server on a free loopback port; yields (host, port, app)."""
     import uvicorn
 
     registry = tmp_path / "loras.json"
-    registry.write_text(json.dumps({"crayon": {"path": "missing/crayon", "trigger": "크레용", "description": "test"}}))
+    lora = random_lora(tiny_pipe.unet, tmp_path / "crayon")
+    registry.write_text(json.dumps({"crayon": {"path": str(lora), "trigger": "크레용", "description": "test"}}))
     settings = Settings(db_path=str(tmp_path / "jobs.sqlite3"), warmup=False, default_steps=2, max_queue=8, max_batch=4,
                         initial_s_per_image_step=0.01, api_key="s3cret", max_side=256, max_steps=10, lora_registry=str(registry))
     app = create_app(PipelineEngine(tiny_pipe), settings)
@@ -65,6 +86,12 @@ def test_webuiapi_client_generates_with_a1111_fields(server):
     assert "enable_hr" in info["ignored_fields"] and "alwayson_scripts" in info["ignored_fields"]  # accepted, listed
     # the same image as the service's own API gives for the same settings: one code path
     assert "Sampler: Euler a" in result.images[0].info["parameters"]
+    # <lora:NAME:weight> in the prompt: the registered LoRA, at that weight, named in the PNG's parameters
+    styled = api.txt2img(prompt="빨간 별 하나 <lora:crayon:0.8>", negative_prompt="흐릿한", seed=11, steps=3, cfg_scale=6.0,
+                         width=64, height=64, sampler_name="Euler a")
+    assert styled.info["loras"] == {"crayon": 0.8} and styled.info["prompt"] == "빨간 별 하나"
+    assert "<lora:crayon:0.8>" in styled.images[0].info["parameters"]
+    assert np.abs(_pixels(styled.images[0]) - _pixels(result.images[0])).mean() > 1
     import httpx
 
     with httpx.Client(base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer s3cret"}, trust_env=False,
