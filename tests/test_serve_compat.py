@@ -92,6 +92,9 @@ def test_webuiapi_client_generates_with_a1111_fields(server):
     assert styled.info["loras"] == {"crayon": 0.8} and styled.info["prompt"] == "빨간 별 하나"
     assert "<lora:crayon:0.8>" in styled.images[0].info["parameters"]
     assert np.abs(_pixels(styled.images[0]) - _pixels(result.images[0])).mean() > 1
+    random_seed = api.txt2img(prompt="한국 수묵화 풍경 <lora:crayon:0.8>", seed=-1, cfg_scale=5.5, width=64, height=64, steps=2)
+    assert len(random_seed.images) == 1 and 0 <= random_seed.info["seed"] < 2**32 and random_seed.info["cfg_scale"] == 5.5
+    assert f"Seed: {random_seed.info['seed']}," in random_seed.images[0].info["parameters"]
     import httpx
 
     with httpx.Client(base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer s3cret"}, trust_env=False,
