@@ -39,12 +39,15 @@ from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_
 # ---------------------------------------------------------------------------------------------------------------
 # The student model: any 🤗 encoder backbone (a Korean RoBERTa) + a resampler head + a pooled head.
 # ---------------------------------------------------------------------------------------------------------------
+POOLED_FROM = ("mean", "backbone")
+
+
 class KoreanTextEncoderConfig(PretrainedConfig):
     model_type = "koclip-korean-text-encoder"
 
     def __init__(self, backbone: dict | None = None, teacher_width: int = 768, num_positions: int = 77,
                  head_layers: int = 2, head_heads: int = 8, teacher: str = "", objective: str = "",
-                 use_attention_mask: bool = True, **kwargs):
+                 use_attention_mask: bool = True, pooled_from: str = "mean", **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone or {}
         self.teacher_width = teacher_width
@@ -54,6 +57,9 @@ class KoreanTextEncoderConfig(PretrainedConfig):
         self.teacher = teacher  # which teacher's space the outputs live in: checked before a swap
         self.objective = objective
         self.use_attention_mask = use_attention_mask  # SD's encode_prompt passes the mask only when this is set
+        if pooled_from not in POOLED_FROM:
+            raise ValueError(f"pooled_from={pooled_from!r}: expected one of {POOLED_FROM}")
+        self.pooled_from = pooled_from  # "mean" of the token states, or the "backbone"'s own sentence vector
 
     @property
     def hidden_size(self) -> int:  # what SD-side code reads as the text encoder's width
@@ -109,7 +115,8 @@ class KoreanTextEncoder(PreTrainedModel):
             if backbone_config.model_type in ("roberta", "bert", "xlm-roberta") else AutoModel.from_config(backbone_config)
         hidden = backbone_config.hidden_size
         self.head = ResamplerHead(hidden, config.teacher_width, config.num_positions, config.head_layers, config.head_heads)
-        self.pooled_head = nn.Linear(hidden, config.teacher_width)  # the seed's design: mean-pool + linear
+        # the seed's design: mean-pool + linear; a sentence encoder's own vector (USE's) keeps what it was trained for
+        self.pooled_head = nn.Linear(hidden, config.teacher_width)
         self.post_init()
 
     @classmethod
@@ -131,12 +138,22 @@ class KoreanTextEncoder(PreTrainedModel):
             raise ValueError("KoreanTextEncoder has no per-layer CLIP states: clip_skip / output_hidden_states are not supported")
         if attention_mask is None:
             attention_mask = (input_ids != self.config.backbone.get("pad_token_id", 1)).long()
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        sequence = self.head(states, attention_mask)
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = self.pooled_head((states * mask).sum(1) / mask.sum(1).clamp(min=1))
-        out = BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=pooled)
+        states, sentence = self.backbone_features(input_ids, attention_mask)
+        out = BaseModelOutputWithPooling(last_hidden_state=self.head(states, attention_mask),
+                                         pooler_output=self.pooled_head(sentence))
         return out if return_dict is not False else out.to_tuple()
+
+    def backbone_features(self, input_ids, attention_mask):
+        """(token states, the sentence vector the pooled head reads) of the backbone."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        states = out.last_hidden_state
+        if self.config.pooled_from == "backbone":
+            if getattr(out, "pooler_output", None) is None:
+                raise ValueError(f"pooled_from='backbone' needs a backbone with a sentence vector (pooler_output); "
+                                 f"{self.config.backbone.get('model_type')} gives none here")
+            return states, out.pooler_output
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return states, (states * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 AutoConfig.register(KoreanTextEncoderConfig.model_type, KoreanTextEncoderConfig)
@@ -326,6 +343,9 @@ class DistillConfig:
     english_weight: float = 0.5  # the en->en term of the seed's loss, also in `sequence`
     empty_prob: float = 0.05  # share of empty prompts mapped to the teacher's empty prompt
     norm_weighted: bool = False
+    pooled_from: str = "mean"  # what the pooled head reads: "mean" of the token states or the "backbone"'s sentence vector
+    linear_probe: bool = False  # start the pooled head at its least-squares fit on the frozen backbone (LP-FT)
+    train_pairs: int = 0  # train on this many pairs of the train split (a seeded, nested subset); 0 = all
     unet_sequence_weight: float = 0.5  # the unet stage keeps the sequence loss as an anchor
     gradient_checkpointing: bool = False  # the unet stage's frozen UNet recomputes activations (SD 1.5 on a 24 GB card)
     val_pairs: int = 512
@@ -342,6 +362,13 @@ def load_pairs(corpus_dir, split: str) -> list[tuple[str, str]]:
 
     ds = load_corpus(corpus_dir, split)
     return list(zip(ds["ko"], ds["en"]))
+
+
+def subset_pairs(pairs: list, n: int, seed: int = 0) -> list:
+    """The first n of one seeded permutation, in corpus order: a smaller subset lies inside every larger one, so a
+    data-size curve adds pairs instead of drawing new ones."""
+    order = np.random.default_rng(seed).permutation(len(pairs))[:n]
+    return [pairs[i] for i in sorted(order)]
 
 
 class Distiller:
@@ -491,6 +518,8 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
     (default: `cfg.backbone`); with neither, one is built from `cfg.backbone_config` at random."""
     out_dir = Path(out_dir)
     train_pairs, val_pairs = load_pairs(corpus_dir, "train"), load_pairs(corpus_dir, "val")[: cfg.val_pairs]
+    if cfg.train_pairs:
+        train_pairs = subset_pairs(train_pairs, cfg.train_pairs, cfg.seed)
     teacher, teacher_tok = teacher or load_teacher(teacher_dir)
     positions = getattr(teacher, "num_positions", 77)
     if init_from is not None:  # the unet stage starts from the sequence student
@@ -504,7 +533,8 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
             student_tok = AutoTokenizer.from_pretrained(path, **kwargs)
             student_tok.model_max_length = cfg.max_length  # SD pads prompts to this; a hub tokenizer may say 512 or "unset"
             student = KoreanTextEncoder.from_backbone(path, teacher.config.hidden_size, backbone_kwargs=kwargs,
-                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions)
+                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions,
+                                                      pooled_from=cfg.pooled_from)
         else:
             student_tok = train_student_tokenizer([t for pair in train_pairs for t in pair], cfg.tokenizer_vocab, cfg.max_length)
             backbone = AutoConfig.for_model(**{**cfg.backbone_config, "vocab_size": len(student_tok),
@@ -512,7 +542,10 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
                                                "pad_token_id": student_tok.pad_token_id, "bos_token_id": student_tok.bos_token_id,
                                                "eos_token_id": student_tok.eos_token_id, "type_vocab_size": 1})
             student = KoreanTextEncoder.from_backbone(backbone, teacher.config.hidden_size,
-                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions)
+                                                      head_layers=cfg.head_layers, head_heads=cfg.head_heads, num_positions=positions,
+                                                      pooled_from=cfg.pooled_from)
+        if cfg.linear_probe:
+            fit_pooled_head(student, student_tok, teacher, teacher_tok, train_pairs)
     student.config.teacher = str(teacher_dir)
     student.config.objective = cfg.objective
     objective = OBJECTIVES[cfg.objective]
@@ -549,6 +582,36 @@ def train_student(out_dir, cfg: DistillConfig, corpus_dir, teacher_dir, sd_dir=N
     return {"student": student, "tokenizer": student_tok, "teacher": teacher, "teacher_tok": teacher_tok, "log": log}
 
 
+@torch.no_grad()
+def fit_pooled_head(student: KoreanTextEncoder, tokenizer, teacher, teacher_tok, pairs, ridge: float = 1e-2,
+                    batch_size: int = 128) -> float:
+    """The first step of LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features"): the pooled head
+    set to the ridge-regression fit of teacher(en)'s pooled vector on the backbone's sentence vector of ko and of en,
+    over `pairs`. With a pretrained backbone this is where a few thousand pairs get the most (gradient steps on a
+    random head reach less in the same time), and fine-tuning from it moves the backbone less. `ridge` is relative
+    to the features' mean square. Returns the fit's mean cosine on the pairs."""
+    student.eval()
+    pairs = sorted(pairs, key=lambda pair: len(pair[0]) + len(pair[1]))  # similar lengths batched: little padding
+    feats, targets = [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        target = encode(teacher, teacher_tok, [en for _, en in chunk]).pooler_output.float().cpu()
+        for side in (0, 1):
+            enc = tokenizer([pair[side] for pair in chunk], padding=True, truncation=True, return_tensors="pt").to(student.device)
+            feats.append(student.backbone_features(enc.input_ids, enc.attention_mask)[1].float().cpu())
+            targets.append(target)
+    x = torch.cat(feats)
+    x = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    y = torch.cat(targets).double()
+    gram = x.T @ x
+    w = torch.linalg.solve(gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype), x.T @ y)
+    head = student.pooled_head
+    head.weight.copy_(w[:-1].T.to(head.weight.dtype))
+    head.bias.copy_(w[-1].to(head.bias.dtype))
+    student.train()
+    return float(F.cosine_similarity((x @ w).float(), y.float()).mean())
+
+
 def _unet_stage_inputs(sd, latents, cfg: DistillConfig):
     """The frozen UNet, the source's latents (encoded once by the SD's VAE, on the GPU when there is one) and SD's
     training noise schedule."""
@@ -579,16 +642,18 @@ def retrieval(queries: torch.Tensor, candidates: torch.Tensor, truth: torch.Tens
 
 @torch.no_grad()
 def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_size: int = 256) -> dict:
-    """On held-out (ko, en) pairs: token-sequence cosine and MSE of encoder(ko) to teacher(en), and Korean->English
-    retrieval R@1/R@5 in the teacher's pooled space (candidates: the distinct English sentences)."""
+    """On held-out (ko, en) pairs: token-sequence cosine and MSE of encoder(ko) to teacher(en), the pooled vectors'
+    cosine pair by pair, and Korean->English retrieval R@1/R@5 in the teacher's pooled space (candidates: the distinct
+    English sentences)."""
     ko, en = [k for k, _ in pairs], [e for _, e in pairs]
-    seqs, pools, t_seqs = [], [], []
+    seqs, pools, t_seqs, t_pools = [], [], [], []
     for start in range(0, len(pairs), batch_size):
         s = encode(encoder, tokenizer, ko[start:start + batch_size])
         t = encode(teacher, teacher_tok, en[start:start + batch_size])
         seqs.append(s.last_hidden_state[:, :77])
         pools.append(s.pooler_output)
         t_seqs.append(t.last_hidden_state)
+        t_pools.append(t.pooler_output)
     seq, pool, t_seq = torch.cat(seqs), torch.cat(pools), torch.cat(t_seqs)
     if seq.shape[1] < t_seq.shape[1]:
         seq = F.pad(seq, (0, 0, 0, t_seq.shape[1] - seq.shape[1]))
@@ -597,8 +662,8 @@ def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_siz
                            for i in range(0, len(candidates), batch_size)])
     truth = torch.tensor([candidates.index(e) for e in en])
     return {"seq_cosine": float(F.cosine_similarity(seq, t_seq, dim=-1).mean()), "seq_mse": float(F.mse_loss(seq, t_seq)),
-            **retrieval(pool, cand_pool, truth), "pairs": len(pairs),
-            "candidates": len(candidates)}
+            "pooled_cosine": float(F.cosine_similarity(pool, torch.cat(t_pools), dim=-1).mean()),
+            **retrieval(pool, cand_pool, truth), "pairs": len(pairs), "candidates": len(candidates)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

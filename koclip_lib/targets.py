@@ -130,13 +130,22 @@ def _realtext(m):
     require(m["corpus"]["flores_test_sentences_in_corpus"] == 0, m["corpus"])
     require(sum(k.startswith("translate (") for k in table) == 4 and any(k.startswith("USE") for k in table), list(table))
     require(all(row["pairs"] == 1012 and row["candidates"] == 1012 for row in table.values()), "FLORES devtest: 1012 pairs")
-    students = {k: row for k, row in table.items() if k.startswith("student")}
-    require({"student · pooled", "student · sequence"} <= set(students), list(students))
+    students = {k: row for k, row in table.items() if k in m["students"] and "@" not in k}
+    pretrained = {k: row for k, row in students.items() if k.startswith("USE")}
+    scratch = {k: row for k, row in students.items() if k.startswith("ELECTRA")}
+    require(bool(pretrained) and bool(scratch), list(students))
     raw = table["teacher reading Korean (the problem)"]
-    best = max(students.values(), key=lambda row: row["R@1"])
+    best = table[m["best_student"]["name"]]
+    require(best["R@1"] == max(row["R@1"] for row in students.values()), m["best_student"])
     require(best["R@1"] >= 1.5 * raw["R@1"] and best["R@5"] >= 2 * raw["R@5"], (best, raw))
     require(best["cos_to_teacher_en"] >= 2.5 * raw["cos_to_teacher_en"], (best, raw))
-    return {"best R@1": best["R@1"], "raw R@1": raw["R@1"]}
+    # a pretrained multilingual backbone: at least twice the from-scratch ablation's R@1, English kept
+    require(max(r["R@1"] for r in pretrained.values()) >= 2 * max(r["R@1"] for r in scratch.values()), students)
+    require(best["en→en R@1"] >= 0.9, best)
+    curve = m["data_size_curve"]
+    sizes = sorted(curve, key=int)
+    require(len(sizes) >= 3 and curve[sizes[-1]]["R@1"] > curve[sizes[0]]["R@1"], curve)  # more pairs, more R@1
+    return {"best R@1": best["R@1"], "raw R@1": raw["R@1"], "best cosine": best["cos_to_teacher_en"]}
 
 
 def _service(m):
@@ -196,7 +205,7 @@ CLAIMS = [
     Claim("02_distill", "students retrieve > 50x the raw teacher; sequence cosine > 0.9 > pooled", _embedding),
     Claim("00_feasibility", "(a) and (b) > 2x the raw prompt; the student conditions faster than translate+encode; (c) stops early", _feasibility),
     Claim("03_sd_sweep", "SD 1.x checkpoints take the student; SD 2.x/SDXL/SD 3 give the compatibility error", _sweep),
-    Claim("02b_realtext", "on FLORES the students beat the raw teacher (R@1 >= 1.5x, R@5 >= 2x), FLORES never trained on", _realtext),
+    Claim("02b_realtext", "on FLORES the best student beats the raw teacher (R@1 >= 1.5x, R@5 >= 2x), a pretrained backbone doubles the from-scratch R@1, English kept, more pairs more R@1; FLORES never trained on", _realtext),
     Claim("05_optimize", "the service loses no accepted job, with and without kill -9 + restart", _service),
     Claim("05_optimize", "the optimised settings are >= 3x the baseline's images/s, accuracy held", _bench),
     Claim("04_lora", "the trigger switches ink-wash on (>= 80%), off without it (<= 20%), colour within 10 points", _lora),

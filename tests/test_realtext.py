@@ -1,6 +1,7 @@
 """The real-language check (notebook 02b): data location and FLORES exclusion, the real MiniLM teacher loaded offline,
 USE's tokenizer and embeddings, and one short distillation run with the real teacher through `distill.train_student`."""
 
+import json
 import os
 
 import numpy as np
@@ -158,3 +159,35 @@ def test_score_refuses_bad_input_in_one_line(tmp_path, capsys):
             realtext.main(["score", "--student", student, "--pairs", str(tmp_path / tsv)])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_students_listed_in_the_profile_and_the_data_size_curve(tmp_path):
+    import pandas as pd
+
+    params = {"seed": 0, "student": {"max_length": 32, "head_layers": 1, "loop": {"steps": 300, "lr": 2e-3}},
+              "students": {"A · pooled": {"backbone": "electra", "objective": "pooled"},
+                           "B · frozen": {"backbone": "use", "objective": "pooled", "linear_probe": True,
+                                          "pooled_from": "backbone", "loop": {"steps": 50, "lr_scales": {"backbone": 0}}}},
+              "data_sizes": {"student": "B · frozen", "pairs": [10, 20]}}
+    configs = realtext.student_configs(params)
+    assert list(configs) == ["A · pooled", "B · frozen", "B · frozen@10", "B · frozen@20"]
+    backbone, cfg = configs["B · frozen"]
+    assert backbone == "use" and cfg.linear_probe and cfg.max_length == 32 and cfg.train_pairs == 0
+    assert cfg.loop == {"steps": 50, "lr": 2e-3, "lr_scales": {"backbone": 0}}  # the loop merged key by key
+    assert configs["B · frozen@20"][1].train_pairs == 20 and configs["B · frozen@20"][1].loop == cfg.loop
+    assert configs["A · pooled"][1].loop == {"steps": 300, "lr": 2e-3} and not configs["A · pooled"][1].linear_probe
+    assert realtext.slug("USE frozen · pooled@500") == "use-frozen-pooled-500"
+
+    table = pd.DataFrame({"R@1": [0.1, 0.5, 0.8, 0.3, 0.6], "R@5": [0.2] * 5, "cos_to_teacher_en": [0.1, 0.4, 0.5, 0.2, 0.45],
+                          "seq_cosine": [0.0] * 5},
+                         index=["teacher reading Korean (the problem)", "A · pooled", "B · frozen", "B · frozen@10", "B · frozen@20"])
+    curve = realtext.size_curve(table, params, all_pairs=40)
+    assert list(curve.index) == [10, 20, 40] and list(curve["R@1"]) == [0.3, 0.6, 0.8]
+    folders = {}
+    for name in ["A · pooled", "B · frozen", "B · frozen@10", "B · frozen@20"]:
+        folders[name] = tmp_path / realtext.slug(name)
+        (folders[name] / "train").mkdir(parents=True)
+        (folders[name] / "config.json").write_text(name)
+    assert realtext.save_best_student(table, folders, tmp_path / "best") == "B · frozen"
+    assert (tmp_path / "best" / "config.json").read_text() == "B · frozen" and not (tmp_path / "best" / "train").exists()
+    assert json.loads((tmp_path / "best" / "selected.json").read_text())["flores_devtest"]["R@1"] == 0.8

@@ -106,3 +106,73 @@ def test_the_command_line_writes_a_folder_and_fails_in_one_line_without_the_pack
     with pytest.raises(SystemExit) as stop:
         um.main(["--out", str(tmp_path / "again")])
     assert stop.value.code == 2
+
+
+def test_lp_ft_students_read_uses_sentence_vector_and_start_at_the_ridge_fit(converted, texts):
+    """pooled_from='backbone': the pooled head reads USE's own sentence vector; `fit_pooled_head` sets it to the
+    ridge fit (the normal equations hold) on the pairs, and a frozen-backbone student is that fit plus training."""
+    from transformers import AutoTokenizer
+
+    from koclip_lib.distill import KoreanTextEncoder, fit_pooled_head
+
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    student = KoreanTextEncoder.from_backbone(str(converted), 16, head_layers=1, head_heads=2, num_positions=4,
+                                              pooled_from="backbone").eval()
+    enc = tokenizer(texts[:6], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        sentence = student.backbone(**enc).pooler_output
+        torch.testing.assert_close(student(**enc).pooler_output, student.pooled_head(sentence))
+
+    class TinyTeacher(torch.nn.Module):  # a fixed linear teacher of the English side's USE vector
+        def __init__(self):
+            super().__init__()
+            self.map = torch.nn.Linear(512, 16)
+            self.config = type("C", (), {"hidden_size": 16, "use_attention_mask": True})()
+
+        def forward(self, input_ids, attention_mask=None):
+            with torch.no_grad():
+                pooled = self.map(student.backbone(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+            return type("O", (), {"pooler_output": pooled, "last_hidden_state": pooled[:, None]})()
+
+    teacher = TinyTeacher()
+    pairs = list(zip(texts[0:600:2], texts[1:600:2]))
+    before = student.pooled_head.weight.detach().clone()
+    fit_cos = fit_pooled_head(student, tokenizer, teacher, tokenizer, pairs, ridge=1e-3)
+    assert not torch.equal(before, student.pooled_head.weight)
+    # the normal equations of the ridge fit: X^T (X W - Y) + lambda W = 0 (W with the bias row)
+    feats, ys = [], []
+    with torch.no_grad():
+        for side in (0, 1):
+            e = tokenizer([p[side] for p in pairs], padding=True, return_tensors="pt")
+            feats.append(student.backbone(**e).pooler_output)
+            ys.append(teacher(**tokenizer([p[1] for p in pairs], padding=True, return_tensors="pt")).pooler_output)
+    x = torch.cat([torch.cat(feats), torch.ones(2 * len(pairs), 1)], 1).double()
+    y = torch.cat(ys).double()
+    w = torch.cat([student.pooled_head.weight.T, student.pooled_head.bias[None]]).double()
+    lam = 1e-3 * (x.T @ x).diagonal().mean()
+    residual = x.T @ (x @ w - y) + lam * w
+    assert residual.abs().max() < 1e-3 * (x.T @ y).abs().max()
+    assert fit_cos > 0.9  # the English half is the teacher's own linear map; the Korean half nearly so (USE aligns them)
+
+
+def test_subsets_for_a_data_size_curve_are_nested():
+    from koclip_lib.distill import subset_pairs
+
+    pairs = [(f"ko{i}", f"en{i}") for i in range(100)]
+    small, large = subset_pairs(pairs, 10, seed=3), subset_pairs(pairs, 40, seed=3)
+    assert len(small) == 10 and len(large) == 40 and set(small) <= set(large)
+    assert large == sorted(large, key=pairs.index)  # corpus order kept
+    assert subset_pairs(pairs, 10, seed=4) != small
+
+
+def test_pooled_from_is_checked():
+    from koclip_lib.distill import KoreanTextEncoder, KoreanTextEncoderConfig
+
+    with pytest.raises(ValueError, match="pooled_from"):
+        KoreanTextEncoderConfig(pooled_from="cls")
+    roberta = {"model_type": "roberta", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "intermediate_size": 32}
+    student = KoreanTextEncoder(KoreanTextEncoderConfig(backbone=roberta, teacher_width=8, num_positions=4,
+                                                        head_layers=1, head_heads=2, pooled_from="backbone"))
+    with pytest.raises(ValueError, match="needs a backbone with a sentence vector"):
+        student(input_ids=torch.tensor([[0, 5, 6, 2]]))
