@@ -40,7 +40,10 @@ def test_kill_9_mid_run_then_restart_on_the_same_db_completes_every_accepted_job
     assert restart["resumed"] >= 1, restart  # the restarted server picked up what the killed one had accepted
     assert r["lost"] == 0 and r["invalid"] == 0, r
     assert r["succeeded"] == r["accepted"] > 0, r
-    assert r["db_states"]["succeeded"] == r["accepted"] and set(r["db_states"]) <= {"succeeded", "rerun"}, r
+    # a submission the kill cut off after its job was stored but before the 202 went out is a submit error to the
+    # client and a job to the server: the restarted server runs it too, so the store may hold up to that many more
+    assert r["accepted"] <= r["db_states"]["succeeded"] <= r["accepted"] + r["submit_errors"], r
+    assert set(r["db_states"]) <= {"succeeded", "rerun"}, r
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path):
