@@ -890,5 +890,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return record
 
 
+
+def cli() -> None:
+    """The `koclip-bench` console script: `main` prints its table and JSON; the exit status is 0."""
+    main(sys.argv[1:])
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])

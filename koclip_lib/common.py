@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -85,14 +86,13 @@ def cached_artifact(out_dir: str | os.PathLike, config: dict, build: Callable[[P
     wait; with `every_process` (a model trained data-parallel) every process runs `build` and only the main one
     writes.
     """
-    import fcntl
+    from filelock import FileLock
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        if main:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    lock = FileLock(out_dir.parent / f".{out_dir.name}.lock")  # an OS lock: released if this process dies
+    with lock if main else contextlib.nullcontext():
         wait_for_everyone()
         return _cached_artifact(out_dir, config, build, force, main, every_process)
 

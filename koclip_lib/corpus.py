@@ -928,12 +928,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "build":
+        missing = [name for name in args.input if not Path(split_format(name)[1]).exists()]
+        if missing:
+            parser.exit(2, f"error: no such input file: {', '.join(missing)}\n")
         config = BuildConfig(
             clean=CleanConfig(min_chars=args.min_chars, max_chars=args.max_chars,
                               min_ratio=args.min_ratio, max_ratio=args.max_ratio),
             val_frac=args.val_frac, test_frac=args.test_frac, shard_rows=args.shard_rows,
             fmt=args.format, ko_col=args.ko_col, en_col=args.en_col, progress=not args.no_progress)
-        summary = build_corpus(args.input, args.out, config)
+        try:
+            summary = build_corpus(args.input, args.out, config)
+        except (FileNotFoundError, ValueError) as err:  # an unreadable input, a missing column: one line, no traceback
+            parser.exit(2, f"error: {err}\n")
         _print_build_report(summary)
         print(json.dumps(summary, ensure_ascii=False))
     else:

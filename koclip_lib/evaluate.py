@@ -415,5 +415,11 @@ def sweep_encoders(names: Sequence[str], students: dict[str, Path], translator: 
     return out
 
 
+
+def cli() -> None:
+    """The `koclip-evaluate` console script: `main` prints its table and JSON; the exit status is 0."""
+    main(sys.argv[1:])
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])
