@@ -82,3 +82,45 @@ def tiny_student(tiny_parts):
                                                           teacher=str(tiny_parts / "teacher"))
         distill.save_student(student, tok, folder, {})
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_parts):
+    """The tiny random SD pipeline of one test module (conftest.tiny_parts), loaded as a user would."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def serve_app():
+    """`serve_app(app)` runs `app` under a real uvicorn server on a free loopback port and returns (host, port); the
+    servers stop when the test ends."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    running = []
+
+    def start(app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.time() + 10
+        while not server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return "127.0.0.1", port
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(10)

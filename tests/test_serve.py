@@ -1,9 +1,7 @@
 """The image service on a tiny random pipeline: admission, deadlines, batching, recovery, events, auth."""
 import io
 import json
-import socket
 import sqlite3
-import threading
 import time
 
 import numpy as np
@@ -12,16 +10,6 @@ from PIL import Image
 from fastapi.testclient import TestClient
 
 from koclip_lib.serve import PipelineEngine, Settings, create_app
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tiny_parts):
-    """The tiny random SD pipeline every test module shares (conftest.tiny_parts), loaded as a user would."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture
@@ -313,23 +301,10 @@ def test_api_key_is_required_when_configured(tiny_pipe, tmp_path):
 
 # --- a real uvicorn server on a free loopback port ----------------------------------------------------------------
 @pytest.fixture
-def live(tiny_pipe, tmp_path):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def live(tiny_pipe, tmp_path, serve_app):
     app = make_app(tiny_pipe, tmp_path, max_queue=3, max_batch=2)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    host, port = serve_app(app)
+    return f"http://{host}:{port}", app
 
 
 def test_events_stream_state_changes_and_every_denoising_step(live):

@@ -3,24 +3,12 @@ OpenAI's images API (`openai`), over the service's one queue."""
 import base64
 import io
 import json
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from koclip_lib.serve import PipelineEngine, Settings, create_app
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tiny_parts):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def random_lora(unet, out_dir):
@@ -44,29 +32,15 @@ def random_lora(unet, out_dir):
 
 
 @pytest.fixture
-def server(tiny_pipe, tmp_path):
+def server(tiny_pipe, tmp_path, serve_app):
     """A real uvicorn server on a free loopback port; yields (host, port, app)."""
-    import uvicorn
-
     registry = tmp_path / "loras.json"
     lora = random_lora(tiny_pipe.unet, tmp_path / "crayon")
     registry.write_text(json.dumps({"crayon": {"path": str(lora), "trigger": "크레용", "description": "test"}}))
     settings = Settings(db_path=str(tmp_path / "jobs.sqlite3"), warmup=False, default_steps=2, max_queue=8, max_batch=4,
                         initial_s_per_image_step=0.01, api_key="s3cret", max_side=256, max_steps=10, lora_registry=str(registry))
     app = create_app(PipelineEngine(tiny_pipe), settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not srv.started:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    yield "127.0.0.1", port, app
-    srv.should_exit = True
-    thread.join(10)
+    return (*serve_app(app), app)
 
 
 def _pixels(image) -> np.ndarray:

@@ -3,8 +3,6 @@ key: example prompt, LoRA picker, live progress over EventSource (with a read to
 headers), the image and its parameters."""
 import json
 import shutil
-import socket
-import threading
 import time
 
 import pytest
@@ -14,38 +12,16 @@ from koclip_lib.serve import PipelineEngine, Settings, create_app
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe(tiny_parts):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(params=["s3cret", None], ids=["with-key", "no-key"])
-def live(tiny_pipe, tmp_path, request):
-    import uvicorn
-
+def live(tiny_pipe, tmp_path, request, serve_app):
     registry = tmp_path / "loras.json"
     registry.write_text(json.dumps({"crayon": {"path": "missing", "trigger": "크레용", "description": "test"}}))
     settings = Settings(db_path=str(tmp_path / "jobs.sqlite3"), warmup=False, default_steps=2, max_batch=2,
                         initial_s_per_image_step=0.01, api_key=request.param, max_side=256, max_steps=10,
                         lora_registry=str(registry), token_ttl_s=60)
     app = create_app(PipelineEngine(tiny_pipe), settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    host, port = serve_app(app)
+    return f"http://{host}:{port}", app
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; scripts/setup.sh does)")
