@@ -7,12 +7,14 @@
 
 Files: `pytorch_lora_weights.safetensors` is diffusers' layout (`pipe.load_lora_weights(folder)` reads it) with the
 LoRA's rank and alpha in its metadata; `<name>.kohya.safetensors` is the kohya-ss / A1111 layout (`lora_unet_...`
-keys, `.alpha` tensors, `ss_*` metadata), written with diffusers' own `convert_state_dict_to_kohya`, which diffusers
-converts back when it loads one. `koclip_lib.lora` trains them.
+keys, `.alpha` tensors, `ss_*` and kohya's `modelspec.*` metadata), written with diffusers' own
+`convert_state_dict_to_kohya`, which diffusers converts back when it loads one; `<name>.kohya.json` beside it is what
+A1111 shows as the LoRA's activation text; `README.md` is the folder's 🤗 model card. `koclip_lib.lora` trains them.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from pathlib import Path
@@ -25,6 +27,9 @@ from .common import write_json
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
 TRIGGER_POSITIONS = ("start", "end")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
+SD15_LICENSE = "creativeml-openrail-m"  # SD 1.5's; a LoRA for a base derived from it is used under it
+MODELSPEC_VERSION = "1.0.1"  # what sd-scripts' library/sai_model_spec.py writes (its field list has trigger_phrase)
+HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
 
 
 class LoraError(ValueError):
@@ -54,19 +59,45 @@ def add_trigger(caption: str, trigger: str, position: str = "end", separator: st
 # ---------------------------------------------------------------------------------------------------------------
 # Files: diffusers' layout and kohya-ss / A1111's
 # ---------------------------------------------------------------------------------------------------------------
+def korean_trigger_note(trigger: str) -> str:
+    """What every file carrying a Korean trigger says about it (empty for a trigger in another script)."""
+    if not HANGUL.search(trigger or ""):
+        return ""
+    return (f"The trigger '{trigger}' is Korean: it works only behind koclip's Korean text encoder (the student); SD's own "
+            "CLIP text encoder does not know it (its tokenizer splits Hangul into byte pieces it barely saw in training).")
+
+
+def a1111_sidecar(kohya_file: str | Path) -> Path:
+    """Where A1111's Lora extension reads a LoRA file's user metadata (activation text, ...): beside it, `.json`."""
+    return Path(kohya_file).with_suffix(".json")
+
+
 def export_kohya(diffusers_file: str | Path, out_file: str | Path, rank: int, alpha: float, trigger: str = "",
-                 name: str = "lora") -> Path:
+                 name: str = "lora", *, resolution: int = 512, description: str = "", license: str | None = None,
+                 prediction_type: str = "epsilon") -> Path:
     """The kohya-ss / A1111 file of a diffusers LoRA, converted as diffusers' own training scripts do
     (`--output_kohya_format`): diffusers -> peft -> kohya keys; `.alpha` set to the trained alpha (the converter
-    writes the rank, which is right only when alpha == rank)."""
+    writes the rank, which is right only when alpha == rank). Its metadata: kohya's `ss_*` and the SAI model spec
+    (`modelspec.*`) as sd-scripts writes them for an SD 1.x LoRA, `modelspec.trigger_phrase` the trigger. Also writes
+    the A1111 sidecar (`a1111_sidecar`) with the trigger as activation text."""
     from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
     from safetensors.torch import load_file, save_file
 
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(diffusers_file))))
     kohya = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
+    note = korean_trigger_note(trigger)
+    hint = " ".join(filter(None, [f"Add '{trigger}' to the prompt." if trigger else "", note]))
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
                 "ss_base_model_version": "sd_v1", "ss_output_name": name, "ss_trigger_word": trigger}
+    modelspec = {"sai_model_spec": MODELSPEC_VERSION, "architecture": "stable-diffusion-v1/lora",
+                 "implementation": "diffusers", "title": name, "resolution": f"{resolution}x{resolution}",
+                 "date": datetime.date.today().isoformat(), "trigger_phrase": trigger, "description": description,
+                 "license": license, "usage_hint": hint,
+                 "prediction_type": {"v_prediction": "v"}.get(prediction_type, prediction_type)}  # sd-scripts' names
+    metadata.update({f"modelspec.{k}": v for k, v in modelspec.items() if v})  # as sd-scripts: unset fields left out
     save_file(kohya, str(out_file), metadata=metadata)
+    write_json(a1111_sidecar(out_file), {"description": description, "sd version": "SD1", "activation text": trigger,
+                                         "preferred weight": 1.0, "negative text": "", "notes": note})
     return Path(out_file)
 
 

@@ -27,7 +27,6 @@ inputs make (the mini world's `bench_inputs`).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import os
@@ -48,6 +47,7 @@ from tqdm.auto import tqdm
 # re-exported: `bench.BenchInputs` and the builders are what callers and tests name
 from .bench_inputs import (FULL_PROMPTS, BenchInputs, bench_distill_config, full_inputs, full_random_inputs,  # noqa: F401
                            pixel_difference, sd15_noise_scheduler, sd15_random_parts, spread)
+from .cli import CliParser, existing_path
 
 
 def _timed(fn: Callable[[], object], repeats: int = 1) -> float:
@@ -818,10 +818,10 @@ def markdown(record: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.bench",
+    ap = CliParser(prog="python -m koclip_lib.bench",
                                  description="Benchmark the Korean pipeline's configurations on this device (issue 7).")
     ap.add_argument("--profile", help="the record's name (default: the params file's `profile`, else mini)")
-    ap.add_argument("--params", help="profile file (default params/<profile>.yaml)")
+    ap.add_argument("--params", type=existing_path, help="profile file (default params/<profile>.yaml)")
     ap.add_argument("--random-weights", action="store_true", help="full: SD 1.5-sized modules with random weights (no hub)")
     ap.add_argument("--quick", action="store_true", help="a small subset for CI: few prompts, no compile on CPU, 2 training steps")
     ap.add_argument("--out", default="outputs/bench", help="folder for <profile>-<device>.json and .md")

@@ -19,7 +19,6 @@ Counted reasons (summary.json):
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import csv
 import json
@@ -38,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
+
+from .cli import CliParser
 
 # -----------------------------------------------------------------------------
 # Rows and readers. Every reader is a function that checks the input up front (so a bad input fails
@@ -902,7 +903,7 @@ def _print_build_report(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m koclip_lib.corpus", description=__doc__.split("\n")[0])
+    parser = CliParser(prog="python -m koclip_lib.corpus", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     b = commands.add_parser("build", help="build a corpus; the last stdout line is the summary JSON")

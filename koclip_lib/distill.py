@@ -27,137 +27,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from . import use_multilingual  # noqa: F401  (registers USE multilingual with AutoModel: a backbone students may use)
 from .common import artifact_hash, cached_artifact, is_main_process, write_json
+# the student model lives in a self-contained file that its saved folders carry (trust_remote_code loading)
+from .modeling_korean_text_encoder import KoreanTextEncoder, KoreanTextEncoderConfig  # noqa: F401
 from .plan import ModelRef, checkpoint
 from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The student model: any 🤗 encoder backbone (a Korean RoBERTa) + a resampler head + a pooled head.
-# ---------------------------------------------------------------------------------------------------------------
-POOLED_FROM = ("mean", "backbone")
-
-
-class KoreanTextEncoderConfig(PretrainedConfig):
-    model_type = "koclip-korean-text-encoder"
-
-    def __init__(self, backbone: dict | None = None, teacher_width: int = 768, num_positions: int = 77,
-                 head_layers: int = 2, head_heads: int = 8, teacher: str = "", objective: str = "",
-                 use_attention_mask: bool = True, pooled_from: str = "mean", **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone or {}
-        self.teacher_width = teacher_width
-        self.num_positions = num_positions  # SD 1.x reads exactly 77 text states
-        self.head_layers = head_layers
-        self.head_heads = head_heads
-        self.teacher = teacher  # which teacher's space the outputs live in: checked before a swap
-        self.objective = objective
-        self.use_attention_mask = use_attention_mask  # SD's encode_prompt passes the mask only when this is set
-        if pooled_from not in POOLED_FROM:
-            raise ValueError(f"pooled_from={pooled_from!r}: expected one of {POOLED_FROM}")
-        self.pooled_from = pooled_from  # "mean" of the token states, or the "backbone"'s own sentence vector
-
-    @property
-    def hidden_size(self) -> int:  # what SD-side code reads as the text encoder's width
-        return self.teacher_width
-
-
-class ResamplerLayer(nn.Module):
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.norm_q, self.norm_kv, self.norm_self, self.norm_mlp = (nn.LayerNorm(width) for _ in range(4))
-        self.cross = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-
-    def forward(self, queries, states, pad_mask):
-        kv = self.norm_kv(states)
-        queries = queries + self.cross(self.norm_q(queries), kv, kv, key_padding_mask=pad_mask, need_weights=False)[0]
-        q = self.norm_self(queries)
-        queries = queries + self.self_attn(q, q, q, need_weights=False)[0]
-        return queries + self.mlp(self.norm_mlp(queries))
-
-
-class ResamplerHead(nn.Module):
-    """`num_positions` learned queries read the student's token states, then each other: any input length in,
-    exactly the teacher's 77 positions out."""
-
-    def __init__(self, in_dim: int, width: int, positions: int, layers: int, heads: int):
-        super().__init__()
-        self.proj_in = nn.Linear(in_dim, width)
-        self.queries = nn.Parameter(torch.randn(positions, width) * 0.02)
-        self.layers = nn.ModuleList(ResamplerLayer(width, heads) for _ in range(layers))
-        self.norm_out = nn.LayerNorm(width)
-        self.proj_out = nn.Linear(width, width)
-
-    def forward(self, states, attention_mask):
-        states = self.proj_in(states)
-        x = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
-        pad_mask = attention_mask == 0
-        for layer in self.layers:
-            x = layer(x, states, pad_mask)
-        return self.proj_out(self.norm_out(x))
-
-
-class KoreanTextEncoder(PreTrainedModel):
-    config_class = KoreanTextEncoderConfig
-    base_model_prefix = "student"
-    main_input_name = "input_ids"
-
-    def __init__(self, config: KoreanTextEncoderConfig):
-        super().__init__(config)
-        backbone_config = AutoConfig.for_model(**config.backbone)
-        self.backbone = AutoModel.from_config(backbone_config, add_pooling_layer=False) \
-            if backbone_config.model_type in ("roberta", "bert", "xlm-roberta") else AutoModel.from_config(backbone_config)
-        hidden = backbone_config.hidden_size
-        self.head = ResamplerHead(hidden, config.teacher_width, config.num_positions, config.head_layers, config.head_heads)
-        # the seed's design: mean-pool + linear; a sentence encoder's own vector (USE's) keeps what it was trained for
-        self.pooled_head = nn.Linear(hidden, config.teacher_width)
-        self.post_init()
-
-    @classmethod
-    def from_backbone(cls, backbone, teacher_width: int, backbone_kwargs: dict | None = None,
-                      **config_kwargs) -> "KoreanTextEncoder":
-        """A student around a backbone: a pretrained folder/hub id (full; `backbone_kwargs` such as a revision go to
-        its `from_pretrained`) or a config to build at random (mini)."""
-        if isinstance(backbone, PretrainedConfig):
-            model = cls(KoreanTextEncoderConfig(backbone=backbone.to_dict(), teacher_width=teacher_width, **config_kwargs))
-            return model
-        pretrained = AutoModel.from_pretrained(backbone, **(backbone_kwargs or {}))
-        model = cls(KoreanTextEncoderConfig(backbone=pretrained.config.to_dict(), teacher_width=teacher_width, **config_kwargs))
-        model.backbone.load_state_dict(pretrained.state_dict(), strict=False)
-        return model
-
-    def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, return_dict=None, **kwargs):
-        if output_hidden_states:
-            # SD's clip_skip reads CLIP's intermediate layers; the student is trained on the final states only
-            raise ValueError("KoreanTextEncoder has no per-layer CLIP states: clip_skip / output_hidden_states are not supported")
-        if attention_mask is None:
-            attention_mask = (input_ids != self.config.backbone.get("pad_token_id", 1)).long()
-        states, sentence = self.backbone_features(input_ids, attention_mask)
-        out = BaseModelOutputWithPooling(last_hidden_state=self.head(states, attention_mask),
-                                         pooler_output=self.pooled_head(sentence))
-        return out if return_dict is not False else out.to_tuple()
-
-    def backbone_features(self, input_ids, attention_mask):
-        """(token states, the sentence vector the pooled head reads) of the backbone."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        states = out.last_hidden_state
-        if self.config.pooled_from == "backbone":
-            if getattr(out, "pooler_output", None) is None:
-                raise ValueError(f"pooled_from='backbone' needs a backbone with a sentence vector (pooler_output); "
-                                 f"{self.config.backbone.get('model_type')} gives none here")
-            return states, out.pooler_output
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        return states, (states * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-AutoConfig.register(KoreanTextEncoderConfig.model_type, KoreanTextEncoderConfig)
-AutoModel.register(KoreanTextEncoderConfig, KoreanTextEncoder)
 
 
 def clip_like_tokenizer(texts, vocab_size: int = 400, max_length: int = 77):
@@ -207,18 +84,44 @@ def load_student(path, device=None):
 
 
 def save_student(model: KoreanTextEncoder, tokenizer, out_dir, card: dict) -> None:
+    """The student and its tokenizer in one folder that plain transformers loads (`trust_remote_code=True`), with
+    metrics.json and a model card. `card`: metrics, backbone and data (text), and where known the hub ids and
+    licences: base_model (the backbone's id), datasets (the corpus inputs), licenses ({id: licence})."""
+    from huggingface_hub import EvalResult
+
+    from .cards import licence_of, strictest, write_card
+
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    write_json(Path(out_dir) / "metrics.json", card.get("metrics", {}))
-    lines = ["---", "library_name: transformers", "language: [ko, en]", "tags: [koclip, text-encoder, distillation]", "---", "",
-             f"# koclip Korean text encoder ({model.config.objective})", "",
-             "Reads Korean (and English) and outputs what the teacher's `last_hidden_state` would be for the English "
-             "translation, so it can replace the text encoder of a Stable Diffusion pipeline built on that teacher.", "",
-             f"- teacher: `{model.config.teacher}` (width {model.config.teacher_width}, {model.config.num_positions} positions)",
-             f"- backbone: `{card.get('backbone', model.config.backbone.get('model_type'))}`",
-             f"- objective: `{model.config.objective}`", f"- data: {card.get('data', '')}", "", "## Metrics", "",
-             "```json", json.dumps(card.get("metrics", {}), ensure_ascii=False, indent=1, default=float), "```", ""]
-    Path(out_dir, "README.md").write_text("\n".join(lines), encoding="utf-8")
+    metrics = card.get("metrics", {})
+    write_json(Path(out_dir) / "metrics.json", metrics)
+    licenses = card.get("licenses", {})
+    sources = [s for s in (card.get("base_model"), model.config.teacher, *card.get("datasets", [])) if s]
+    derived = {s: licence_of(s, licenses) for s in sources}
+    test = next((v for k, v in metrics.items() if k.startswith("embedding") and isinstance(v, dict)), {})
+    results = [EvalResult(task_type="feature-extraction", dataset_type="ko-en-pairs", dataset_name=card.get("data", "test split"),
+                          dataset_split="test", metric_type=k, metric_value=float(v))
+               for k, v in test.items() if k in ("seq_cosine", "pooled_cosine", "R@1", "R@5")]
+    write_card(out_dir, title=f"koclip Korean text encoder ({model.config.objective})",
+               summary="Reads Korean (and English) and outputs what the teacher's `last_hidden_state` would be for the "
+                       "English translation, so it replaces the text encoder of a Stable Diffusion pipeline built on "
+                       "that teacher (its UNet, unchanged, then reads Korean).",
+               licence=strictest(list(derived.values())), derived_from=derived, eval_results=results,
+               base_model=card.get("base_model"), datasets=card.get("datasets") or None, language=["ko", "en"],
+               library_name="transformers", tags=["koclip", "text-encoder", "distillation", "stable-diffusion"],
+               usage=f"""
+from transformers import AutoModel, AutoTokenizer
+
+model = AutoModel.from_pretrained("{out_dir}", trust_remote_code=True)  # the folder's own modeling file
+tokenizer = AutoTokenizer.from_pretrained("{out_dir}")
+states = model(**tokenizer(["왼쪽에 빨간 별이 있다"], return_tensors="pt")).last_hidden_state
+print(states.shape)  # (1, {model.config.num_positions}, {model.config.teacher_width}): what SD's UNet cross-attends to
+""",
+               details=[f"teacher: `{model.config.teacher}` (width {model.config.teacher_width}, "
+                        f"{model.config.num_positions} positions)",
+                        f"backbone: {card.get('backbone', model.config.backbone.get('model_type'))}",
+                        f"objective: `{model.config.objective}`", f"data: {card.get('data', '')}",
+                        "metrics: " + json.dumps(metrics, ensure_ascii=False, default=float)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -670,14 +573,15 @@ def embedding_metrics(encoder, tokenizer, teacher, teacher_tok, pairs, batch_siz
 # The main job's entry point.
 # ---------------------------------------------------------------------------------------------------------------
 def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: str = "", objectives: list[str] | None = None,
-                    sd=None, latents=None, backbone=None, seed: int = 0) -> dict[str, Path]:
+                    sd=None, latents=None, backbone=None, seed: int = 0, licenses: dict | None = None) -> dict[str, Path]:
     """Train (or reuse) one student per objective into root/student-<objective>/; returns their folders.
 
     Inputs, as the profile's plan resolves them (`plan.profile_inputs`): the built corpus folder, the teacher (a
     folder or `plan.ModelRef`), for the unet objective the SD checkpoint and a latent source, and a pretrained
     backbone if any. `section`: the profile's `distill:` settings; `objectives` (default: the section's) picks some:
     pooled and sequence need only the teacher, not the SD. Each student is keyed by its settings and by its inputs'
-    own keys, so retraining an input retrains the students that read it, and only those."""
+    own keys, so retraining an input retrains the students that read it, and only those. `licenses` (the profile's
+    `licenses:`, id -> licence) go into each student's model card."""
     root = Path(root)
     teacher = ModelRef.of(teacher)
     base = {k: v for k, v in section.items() if k in DistillConfig.__dataclass_fields__}
@@ -709,9 +613,12 @@ def ensure_students(section: dict, root, *, corpus_dir, teacher, corpus_name: st
                                                            result["teacher_tok"], test_pairs),
                        "best_val_loss": result["log"]["best_val"], "steps": result["log"]["steps"],
                        "stopped_early": result["log"]["stopped_early"], "seconds": result["log"]["seconds"]}
+            base = (backbone.name or backbone.path) if backbone is not None else cfg.backbone
             save_student(result["student"], result["tokenizer"], d,
-                         {"metrics": metrics, "backbone": str(backbone or cfg.backbone or "random init from backbone_config"),
-                          "data": f"{corpus_name or corpus_dir} (train split; corpus folder {corpus_dir})"})
+                         {"metrics": metrics, "backbone": str(base or "random init from backbone_config"),
+                          "data": f"{corpus_name or corpus_dir} (train split; corpus folder {corpus_dir})",
+                          "base_model": base, "licenses": licenses or {},
+                          "datasets": [n.strip() for n in corpus_name.split(",") if n.strip()]})
 
         out[objective] = cached_artifact(root / f"student-{objective}", key, build, every_process=True)
     return out

@@ -11,7 +11,6 @@ one JSON object: accuracy per attribute, the share of images in each style (`sty
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -23,6 +22,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from .cli import CliParser, existing_path
 
 
 
@@ -109,15 +111,24 @@ def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = N
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance_scale: float = 3.0,
              batch_size: int = 64, negative_prompt: str | None = None, **call_kwargs) -> tuple[torch.Tensor, float]:
     """Images (N, 3, H, W) in [-1, 1] for each (prompt, seed) pair, one generator per image so the batch size
-    never changes an image; returns them with the wall-clock seconds per image."""
+    never changes an image; returns them with the wall-clock seconds per image. One progress bar over the images
+    (tqdm; off where the output is not a terminal or notebook); the pipeline's own per-step bar is paused meanwhile."""
     images = []
     started = time.perf_counter()
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens, output_type="pt",
-                   negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None, **call_kwargs).images
-        images.append(out.float().cpu() * 2 - 1)  # the pipeline returns [0, 1]
+    saved = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**saved, "disable": True})
+    try:
+        with tqdm(total=len(prompts), unit="image", desc="generate", disable=None) as bar:
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start:start + batch_size])
+                gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+                out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
+                           output_type="pt", negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+                           **call_kwargs).images
+                images.append(out.float().cpu() * 2 - 1)  # the pipeline returns [0, 1]
+                bar.update(len(chunk))
+    finally:
+        pipe._progress_bar_config = saved
     seconds = time.perf_counter() - started
     return torch.cat(images), seconds / max(len(prompts), 1)
 
@@ -230,21 +241,22 @@ def load_pipeline(pipeline_dir, text_encoder: str | Path | None = None, device: 
     if pipeline_index(pipeline_dir).get("_class_name") not in (None, StableDiffusionPipeline.__name__):
         # SD 2.x keeps StableDiffusionPipeline; SDXL and SD 3 (the sweep's English rows) open with their own class
         pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
-        pipe.set_progress_bar_config(disable=True)
         return pipe.to(pick_device(device))
     if not (safety_checker and has_safety_checker(pipeline_dir)):
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
     return pipe.to(pick_device(device))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout), English or Korean")
-    ap.add_argument("--prompts", required=True, help="TSV: prompt, color, shape[, position, style]")
-    ap.add_argument("--text-encoder", help="Korean student folder to swap in for the pipeline's text encoder")
-    ap.add_argument("--translate", help="translator folder: translate Korean prompts to English first (baseline)")
+    ap = CliParser(prog="python -m koclip_lib.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pipeline", required=True, type=existing_path,
+                    help="SD pipeline folder (save_pretrained layout), English or Korean")
+    ap.add_argument("--prompts", required=True, type=existing_path, help="TSV: prompt, color, shape[, position, style]")
+    ap.add_argument("--text-encoder", type=existing_path,
+                    help="Korean student folder to swap in for the pipeline's text encoder")
+    ap.add_argument("--translate", type=existing_path,
+                    help="translator folder: translate Korean prompts to English first (baseline)")
     ap.add_argument("--lora", action="append", help="NAME[:WEIGHT] from the LoRA registry, e.g. ink:1.0 (repeat to mix)")
     ap.add_argument("--lora-registry", default="outputs/mini/loras/registry.json", help="JSON {name: {path, trigger, ...}}")
     ap.add_argument("--trigger", action="store_true",

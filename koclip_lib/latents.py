@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 # images encoded per VAE call: the memory of a VAE encode grows with the pixels, so the batch shrinks with them
 # (512 at 32x32, 8 at 512x512)
@@ -136,7 +137,8 @@ class GeneratedLatents(FixedCaptions):
         # whatever the number of processes), then all read all of them
         state = distributed()
         rank, processes = (state.process_index, state.num_processes) if state is not None else (0, 1)
-        for i, (start, path) in enumerate(zip(starts, paths)):
+        chunks = tqdm(list(enumerate(zip(starts, paths))), desc="unet-stage latents", unit="chunk", disable=None)
+        for i, (start, path) in chunks:
             if i % processes == rank and not path.exists():
                 if pipe is None:
                     device = pick_device()

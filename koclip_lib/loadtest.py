@@ -43,6 +43,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from .cli import CliParser
+
 PROMPTS = ["a red star on the left", "a blue heart in the middle", "왼쪽에 빨간 별", "가운데 파란 하트",
            "a green circle on the right", "오른쪽에 초록 동그라미", "a yellow square", "노란 네모"]
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
@@ -254,7 +256,7 @@ def print_table(result: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.loadtest", description=__doc__.split("\n\n")[0])
+    ap = CliParser(prog="python -m koclip_lib.loadtest", description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50)

@@ -38,6 +38,8 @@ from PIL import Image
 from .adapters import (LORA_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry,  # noqa: F401
                        UnknownLoraError, add_trigger, apply_loras, export_kohya, load_lora, loaded_adapters,
                        parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
+from .adapters import a1111_sidecar
+from .cards import licence_of, write_lora_card
 from .common import is_main_process, wait_for_everyone, write_json
 from .plan import ModelRef
 from .train import Batch, LoopConfig, remove_checkpoints, step_generator, train_loop
@@ -187,10 +189,13 @@ def _noise_scheduler(pipe):
 
 
 def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainConfig, name: str = "lora",
-               description: str = "", stop_after: int | None = None) -> dict:
+               description: str = "", stop_after: int | None = None, license: str = "creativeml-openrail-m",
+               base_model: str | None = None) -> dict:
     """Train a LoRA on `pipe.unet` for the captioned images in `data_dir`; save it to `out_dir` in both file
-    layouts with a `lora.json` card; leave `pipe` as it was. Resumes from `out_dir/train/checkpoints` when
-    interrupted (`stop_after` interrupts on purpose, for tests). Returns the training record."""
+    layouts with a `lora.json` record, A1111's `.json` beside the kohya file and a `README.md` model card (licence
+    `license`, SD 1.5's by default; `base_model` default: where `pipe` was loaded from); leave `pipe` as it was.
+    Resumes from `out_dir/train/checkpoints` when interrupted (`stop_after` interrupts on purpose, for tests).
+    Returns the training record. (Not LoraTrainConfig fields: the card changes no weights, so no cache key.)"""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -290,12 +295,23 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     if cfg.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
     kohya = export_kohya(out_dir / WEIGHT_NAME, out_dir / f"{name}.kohya.safetensors", cfg.rank, cfg.alpha, trigger=cfg.trigger,
-                         name=name)
+                         name=name, resolution=resolution, description=description, license=license,
+                         prediction_type=scheduler.config.prediction_type)
+    source = str(pipe.name_or_path)  # a Path when the pipeline was loaded from one
+    base_model = base_model or source
     card = {"name": name, "trigger": cfg.trigger, "description": description, "file": WEIGHT_NAME, "kohya_file": kohya.name,
+            "a1111_file": a1111_sidecar(kohya).name, "base_model": base_model, "license": license,
             "rank": cfg.rank, "alpha": cfg.alpha, "target_modules": list(cfg.target_modules), "resolution": resolution,
             "images": len(latents), "text_encoder": type(pipe.text_encoder).__name__, "steps": log["steps"],
             "seconds": log["seconds"], "config": asdict(cfg)}
     write_json(out_dir / "lora.json", card)
+    # the card's snippet loads what `pipe` was loaded from; a saved Korean pipeline's student is its own subfolder
+    korean = card["text_encoder"] == "KoreanTextEncoder"
+    student = str(pipe.text_encoder.name_or_path) if korean else None
+    if student and Path(student).parent == Path(source):
+        student = None
+    write_lora_card(out_dir, card, base_model=base_model, pipeline=source, text_encoder=student, korean=korean,
+                    license=license, example_prompt=captions[0], best_val=log.get("best_val"))
     remove_checkpoints(out_dir / "train")
     return {**log, "card": card}
 
@@ -326,7 +342,7 @@ def artifact_key(cfg: LoraTrainConfig, adapter: dict, data: dict, base: dict, st
 
 
 def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_dataset: Callable, dataset_key: Callable,
-                 names: Sequence[str] | None = None, device: str | None = None) -> Path:
+                 names: Sequence[str] | None = None, device: str | None = None, licenses: dict | None = None) -> Path:
     """Train (or reuse) every LoRA in the profile's `lora.adapters` (or those in `names`); returns the registry file.
 
     Inputs, as the profile's plan resolves them: `sd`, the base checkpoint (a folder or `plan.ModelRef`); `student`,
@@ -334,7 +350,8 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
     pipeline on Korean captions with the Korean trigger; `teacher` ones train behind the English pipeline: the seed's
     English LoRA); `make_dataset(adapter, out_dir, resolution, device)`, which writes an adapter's captioned image
     folder, and `dataset_key(adapter)`, what that folder depends on. Training runs on `device` (default: the GPU
-    when there is one), class images included."""
+    when there is one), class images included. `licenses` (the profile's, id -> licence) give each card the base
+    checkpoint's licence; a base the profile does not name is the project's own (the mini generator)."""
     from .common import cached_artifact, pick_device
     from .evaluate import load_pipeline
     from .pipeline import load_korean_pipeline
@@ -363,7 +380,9 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
                 pipe = load_korean_pipeline(sd=sd, text_encoder=student, device=device)
             else:
                 pipe = load_pipeline(sd, device=device)
-            train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""))
+            base = sd.name or sd.path
+            train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""),
+                       license=licence_of(base, licenses), base_model=base)
 
         folder = cached_artifact(root / "loras" / name, key, build, every_process=True)
         registry.add(name, folder / WEIGHT_NAME, trigger=cfg.trigger, description=adapter.get("description", ""),

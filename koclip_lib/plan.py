@@ -248,7 +248,8 @@ def students(params: dict, objectives: list[str] | None = None) -> dict[str, Pat
     return distill.ensure_students(section, inputs.root, corpus_dir=inputs.corpus(), teacher=inputs.teacher(),
                                    corpus_name=inputs.corpus_name(), objectives=wanted,
                                    sd=inputs.sd() if needs_sd else None, latents=inputs.latent_source() if needs_sd else None,
-                                   backbone=inputs.backbone(), seed=params.get("seed", 0))
+                                   backbone=inputs.backbone(), seed=params.get("seed", 0),
+                                   licenses=params.get("licenses"))
 
 
 def translator(params: dict) -> Path:
@@ -271,12 +272,13 @@ def loras(params: dict, names: list[str] | None = None) -> Path:
     needs_student = any(a.get("text_encoder", "student") == "student" for a in adapters)
     student = students(params)[section.get("student", "unet")] if needs_student else None
     return lora.ensure_loras(section, inputs.root, sd=inputs.sd(), student=student, make_dataset=inputs.lora_dataset,
-                             dataset_key=inputs.lora_dataset_key, names=names)
+                             dataset_key=inputs.lora_dataset_key, names=names, licenses=params.get("licenses"))
 
 
 def save_korean_pipeline(params: dict, student: str | Path | None = None) -> Path:
     """The production step: the profile's SD with the chosen student (default `root/student`, which notebook 02's
     `distill.select_best` writes, else the `lora.student` objective) saved as one folder, `root/korean_sd`."""
+    from .cards import korean_pipeline_card
     from .pipeline import load_korean_pipeline
 
     inputs = profile_inputs(params)
@@ -285,4 +287,5 @@ def save_korean_pipeline(params: dict, student: str | Path | None = None) -> Pat
         student = chosen if (chosen / "config.json").exists() else students(params)[params.get("lora", {}).get("student", "unet")]
     out = inputs.root / "korean_sd"
     load_korean_pipeline(sd=inputs.sd(), text_encoder=student).save_pretrained(out)
+    korean_pipeline_card(out, sd=inputs.sd().name or inputs.sd().path, student=student, licenses=params.get("licenses"))
     return out

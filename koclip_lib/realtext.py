@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import corpus, distill
+from .cli import CliParser, existing_path
 from .common import REPO_ROOT, artifact_hash, cached_artifact, write_json
 
 
@@ -431,12 +432,10 @@ def score(student_dir, pairs: list[tuple[str, str]], teacher: str | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.realtext", description=__doc__.split("\n\n")[0])
+    ap = CliParser(prog="python -m koclip_lib.realtext", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     sc = sub.add_parser("score", help="one JSON line: a student's ko->en R@1, R@5 and cosine in its teacher's space")
-    sc.add_argument("--student", required=True, help="a student folder (distill.save_student)")
+    sc.add_argument("--student", required=True, type=existing_path, help="a student folder (distill.save_student)")
     sc.add_argument("--pairs", required=True, help="a TSV with ko and en columns")
     sc.add_argument("--teacher", help="the teacher folder or package (default: the one the student's config names)")
     args = ap.parse_args(argv)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import CliParser, cli_logging, existing_path
 from .common import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -242,8 +243,9 @@ def record_build(params_file: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params/mini.yaml", help="profile file under params/")
+    cli_logging()
+    ap = CliParser(prog="python -m koclip_lib.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=existing_path, help="profile file (default params/mini.yaml of the repository)")
     ap.add_argument("--only", nargs="*", help="notebook numbers or names, e.g. 01 02_distill")
     ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "notebooks"), help="where executed notebooks go")
     ap.add_argument("--build", action="store_true", help="train the models the notebooks use, then stop")
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step", help=argparse.SUPPRESS)  # one build step, in this process (what --record starts) ...
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # ... measured into this JSON file
     args = ap.parse_args(argv)
+    args.params = args.params or "params/mini.yaml"  # relative: the notebooks run in the repository root
     if args.step is not None:
         from .common import load_params
 

@@ -45,7 +45,6 @@ Rules the design keeps:
   (LRU) by (prompt, negative prompt, LoRAs).
 """
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -75,6 +74,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .adapters import LORA_NAME, LoraError, LoraRegistry, apply_loras  # one rule for LoRA names: the registry's
+from .cli import CliParser, existing_path
 
 log = logging.getLogger("koclip.serve")
 
@@ -1181,15 +1181,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     from .evaluate import load_pipeline
 
     d = Settings(api_key=None)
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.serve", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout)")
-    ap.add_argument("--text-encoder", help="Korean student text encoder folder to swap in")
+    ap = CliParser(prog="python -m koclip_lib.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pipeline", required=True, type=existing_path, help="SD pipeline folder (save_pretrained layout)")
+    ap.add_argument("--text-encoder", type=existing_path, help="Korean student text encoder folder to swap in")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--db", default=d.db_path, help="SQLite file for jobs and results")
     ap.add_argument("--max-queue", type=int, default=d.max_queue)
     ap.add_argument("--max-batch", type=int, default=d.max_batch)
-    ap.add_argument("--lora-registry", help="JSON {name: {path, trigger, description}}")
+    ap.add_argument("--lora-registry", type=existing_path, help="JSON {name: {path, trigger, description}}")
     ap.add_argument("--result-ttl-s", type=float, default=d.result_ttl_s)
     ap.add_argument("--default-deadline-s", type=float, default=d.default_deadline_s)
     ap.add_argument("--max-deadline-s", type=float, default=d.max_deadline_s)

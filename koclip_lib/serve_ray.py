@@ -29,7 +29,6 @@ How it maps onto Ray Serve:
   This front end is synchronous and stateless: a request lost with a replica is answered with an error, not resumed.
 """
 
-import argparse
 import asyncio
 import hmac
 import logging
@@ -44,6 +43,7 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from .cli import CliParser, existing_path
 from .serve import JobSpec, PipelineEngine, Settings, invalid_response, job_spec, load_lora_registry, request_models
 
 log = logging.getLogger("koclip.serve_ray")
@@ -212,9 +212,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     import ray
 
     d = AppArgs(pipeline="")
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.serve_ray", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pipeline", required=True, help="SD pipeline folder (save_pretrained layout)")
-    ap.add_argument("--text-encoder", help="Korean student text encoder folder to swap in")
+    ap = CliParser(prog="python -m koclip_lib.serve_ray", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pipeline", required=True, type=existing_path, help="SD pipeline folder (save_pretrained layout)")
+    ap.add_argument("--text-encoder", type=existing_path, help="Korean student text encoder folder to swap in")
     ap.add_argument("--device")
     ap.add_argument("--replicas", type=int, help="default: one per GPU, at least 1")
     ap.add_argument("--num-cpus", type=float, default=d.num_cpus, help="CPUs Ray reserves per replica")
@@ -225,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--max-queued", type=int,
                     help="requests queued at the proxy, beyond them 429 (default replicas x max-ongoing)")
     ap.add_argument("--retry-after-s", type=float, default=d.retry_after_s)
-    ap.add_argument("--lora-registry")
+    ap.add_argument("--lora-registry", type=existing_path)
     ap.add_argument("--default-steps", type=int, default=d.default_steps)
     ap.add_argument("--max-steps", type=int, default=d.max_steps)
     ap.add_argument("--default-deadline-s", type=float, default=d.default_deadline_s)

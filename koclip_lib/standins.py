@@ -42,6 +42,7 @@ from typing import Callable
 
 import torch
 
+from .cli import CliParser
 from .common import write_json
 
 TATOEBA_TSV = "data/tatoeba_ko_en.tsv"  # inside the package: en<TAB>ko<TAB>attribution, as manythings.org's kor.txt
@@ -637,7 +638,7 @@ def write_standins(out_dir, seed: int = 0, only: list[str] | None = None, sizes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the stand-ins into (e.g. outputs/standin/hub)")
     parser.add_argument("--seed", type=int, default=0, help="weights seed (same seed: byte-identical safetensors)")
     parser.add_argument("--only", nargs="+", choices=list(STANDINS), help="write only these stand-ins")

@@ -11,12 +11,13 @@ target fails the main job instead of changing the README's story silently.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from .cli import CliParser
 
 
 class Missed(AssertionError):
@@ -233,7 +234,7 @@ def check(metrics_dir: str | Path, only: list[str] | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m koclip_lib.targets", description=__doc__.split("\n\n")[0])
+    ap = CliParser(prog="python -m koclip_lib.targets", description=__doc__.split("\n\n")[0])
     ap.add_argument("--metrics", default="outputs/metrics", help="folder of the notebooks' metrics JSON")
     ap.add_argument("--only", nargs="*", help="notebooks to check, e.g. 02_distill 04_lora")
     args = ap.parse_args(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -30,6 +31,8 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from .common import distributed, is_main_process, seed_everything, wait_for_everyone
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,7 +183,7 @@ def train_loop(
     if resume is not None:
         accelerator.load_state(str(resume))
         if main:
-            print(f"{desc}: resumed from {resume} at step {state.step}")
+            logger.info("%s: resumed from %s at step %d", desc, resume, state.step)
     best_path = out_dir / "best_weights.pt"  # on disk, so a resumed run still restores the best weights
     started = time.time()
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, mininterval=5, disable=not main)
@@ -238,7 +241,7 @@ def train_loop(
             _save_checkpoint(accelerator, out_dir, state.step, cfg.keep_checkpoints)
         if stopped_early:
             if main:
-                print(f"{desc}: early stop at step {state.step}, best validation loss {state.best_val:.5f}")
+                logger.info("%s: early stop at step %d, best validation loss %.5f", desc, state.step, state.best_val)
             break
     bar.close()
     accelerator.wait_for_everyone()  # the main process has written the best weights

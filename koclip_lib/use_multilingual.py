@@ -187,6 +187,7 @@ def convert(out_dir: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # plain argparse: saved student folders carry this file, so it imports no other koclip module
     ap = argparse.ArgumentParser(prog="python -m koclip_lib.use_multilingual", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder to write the transformers model and tokenizer into")
     args = ap.parse_args(argv)

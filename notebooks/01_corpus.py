@@ -86,6 +86,7 @@ if world is not None:
 # Parquet shards and `summary.json`.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 corpus_dir = inputs.corpus()
 summary = json.loads((corpus_dir / "summary.json").read_text(encoding="utf-8"))
 metrics["mini_corpus" if world is not None else "corpus"] = {k: summary[k] for k in ("rows_read", "kept", "splits", "dropped", "malformed") if k in summary}

@@ -60,7 +60,7 @@ def _untrained_judge(folder):
 
 def test_cli_rejects_a_bad_file_with_a_clear_message(tmp_path):
     path = _tsv(tmp_path, "prompt\tcolor\tshape\nred star\tred\tstar\nteal star\tteal\tstar\n")
-    proc = subprocess.run([sys.executable, "-m", "koclip_lib.evaluate", "--pipeline", "x", "--prompts", str(path),
+    proc = subprocess.run([sys.executable, "-m", "koclip_lib.evaluate", "--pipeline", str(tmp_path), "--prompts", str(path),
                            "--classifier", str(_untrained_judge(tmp_path / "clf"))], capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"{path}:3: unknown color 'teal'" in proc.stderr
@@ -86,7 +86,7 @@ def test_cli_scores_a_pipeline_and_prints_json_last(tiny_parts, tmp_path):
 
 def test_cli_without_a_judge_says_so_in_one_line(tmp_path):
     path = _tsv(tmp_path, "prompt\tcolor\tshape\nred star\tred\tstar\n")
-    proc = subprocess.run([sys.executable, "-m", "koclip_lib.evaluate", "--pipeline", "x", "--prompts", str(path),
+    proc = subprocess.run([sys.executable, "-m", "koclip_lib.evaluate", "--pipeline", str(tmp_path), "--prompts", str(path),
                            "--classifier", str(tmp_path / "nothing-here")], capture_output=True, text=True)
     assert proc.returncode == 2 and "judge.json" in proc.stderr and "Traceback" not in proc.stderr
 

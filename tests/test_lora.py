@@ -290,3 +290,78 @@ def test_the_service_loads_loras_without_the_training_code():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_kohya_file_carries_kohya_modelspec_fields_with_the_trigger(trained):
+    """What kohya / A1111 / ComfyUI show of a LoRA: sd-scripts' `modelspec.*` keys, the trigger as `trigger_phrase`."""
+    import datetime
+
+    from safetensors import safe_open
+
+    root, _ = trained
+    card = json.loads((root / "ink" / "lora.json").read_text(encoding="utf-8"))
+    with safe_open(str(root / "ink" / "ink.kohya.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.trigger_phrase"] == "백묘법" and meta["ss_trigger_word"] == "백묘법"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["modelspec.implementation"] == "diffusers"
+    assert meta["modelspec.sai_model_spec"] == "1.0.1" and meta["modelspec.title"] == "ink"
+    assert meta["modelspec.resolution"] == f"{card['resolution']}x{card['resolution']}"
+    assert meta["modelspec.description"] == "ink test" and meta["modelspec.license"] == "creativeml-openrail-m"
+    assert meta["modelspec.prediction_type"] == "epsilon"
+    assert datetime.date.fromisoformat(meta["modelspec.date"]) == datetime.date.today()
+    assert "Korean text encoder" in meta["modelspec.usage_hint"]
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "8.0"  # the ss_* fields kept
+
+
+def test_a1111_sidecar_beside_the_kohya_file_gives_the_trigger_as_activation_text(trained):
+    from koclip_lib.adapters import a1111_sidecar
+
+    root, _ = trained
+    card = json.loads((root / "ink" / "lora.json").read_text(encoding="utf-8"))
+    assert card["a1111_file"] == "ink.kohya.json" == a1111_sidecar(root / "ink" / card["kohya_file"]).name
+    sidecar = json.loads((root / "ink" / "ink.kohya.json").read_text(encoding="utf-8"))
+    assert sidecar["activation text"] == "백묘법" and sidecar["sd version"] == "SD1"
+    assert sidecar["description"] == "ink test" and sidecar["preferred weight"] == 1.0
+    assert "Korean text encoder" in sidecar["notes"] and "백묘법" in sidecar["notes"]
+
+
+def test_lora_card_round_trips_through_huggingface_hub_and_its_snippet_draws(trained, tiny_parts, tiny_student, tmp_path):
+    import re
+
+    from huggingface_hub import ModelCard
+
+    root, _ = trained
+    folder = (root / "ink").resolve()
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "creativeml-openrail-m" and card.data.base_model == str(tiny_parts / "sd")
+    assert card.data.instance_prompt == "백묘법" and card.data.language == "ko" and card.data.library_name == "diffusers"
+    assert {"lora", "text-to-image", "stable-diffusion", "diffusers"} <= set(card.data.tags)
+    assert "works only behind koclip's Korean text encoder" in card.text and "ink.kohya.json" in card.text
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    assert f"'path': {str(folder)!r}" in snippet and f"text_encoder={str(tiny_student)!r}" in snippet
+    out = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "ink.png").stat().st_size > 0
+
+
+def test_english_lora_card_takes_licence_and_base_model_from_the_caller(tiny_parts, tmp_path):
+    """A LoRA behind SD's own CLIP encoder: English card, no Korean-encoder note; `license` / `base_model` as given."""
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub import ModelCard
+    from safetensors import safe_open
+
+    english = StableDiffusionPipeline.from_pretrained(tiny_parts / "sd")
+    english.set_progress_bar_config(disable=True)
+    data = mw.render_style_dataset(tmp_path / "data", mw.WorldConfig(), "ink", 8, "ink wash painting", language="en")
+    cfg = tiny_config(trigger="ink wash painting", plain_column="caption_en", preservation_weight=0.0,
+                      loop={"steps": 2, "lr": 0.02, "batch_size": 4, "warmup_steps": 0})
+    lora.train_lora(tmp_path / "en", english, data, cfg, name="en", license="other", base_model="org/mini-generator")
+    card = ModelCard.load(tmp_path / "en" / "README.md")
+    assert card.data.license == "other" and card.data.base_model == "org/mini-generator" and card.data.language == "en"
+    assert card.data.instance_prompt == "ink wash painting" and "Korean text encoder" not in card.text
+    assert f"load_pipeline({str(tiny_parts / 'sd')!r})" in card.text
+    with safe_open(str(tmp_path / "en" / "en.kohya.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.license"] == "other" and meta["modelspec.trigger_phrase"] == "ink wash painting"
+    sidecar = json.loads((tmp_path / "en" / "en.kohya.json").read_text(encoding="utf-8"))
+    assert sidecar["activation text"] == "ink wash painting" and sidecar["notes"] == ""

@@ -6,6 +6,9 @@ Executed copies and metrics go to a temporary folder; trained models are shared 
 (outputs/standin), which `make test` builds first (`run --params params/standin.yaml --build`).
 """
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jupytext
 import pytest
@@ -60,3 +63,29 @@ def test_notebook_executes_on_the_standin_profile(source, run_dir, standin_hub):
     assert not errors
     written = run_dir / "metrics" / f"{source.stem}.json"
     assert written.exists() and json.loads(written.read_text(encoding="utf-8")), f"{source.stem} wrote no metrics"
+
+
+# notebooks with cells whose output must come out the same when the executed copy runs again: the cells marked
+# `# NBVAL_CHECK_OUTPUT` (nbval's lax mode checks only those; the others must just run)
+NBVAL_CHECKED = [p for p in NOTEBOOKS if "# NBVAL_CHECK_OUTPUT" in p.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("source", [pytest.param(p, marks=group(p.stem), id=p.stem) for p in NBVAL_CHECKED])
+def test_executed_notebook_reproduces_its_checked_outputs_under_nbval(source, run_dir, standin_hub):
+    repo = Path(__file__).resolve().parent.parent
+    executed = run_dir / f"{source.stem}.ipynb"
+    if not executed.exists():  # the papermill test above writes it when it ran first in this worker
+        overrides = {"metrics_dir": str(run_dir / "metrics"), "figures_dir": str(run_dir / "figures"),
+                     "bench_dir": str(run_dir / "bench")}
+        executed = run_notebook(source, STANDIN, run_dir, extra={"overrides": overrides})
+    # nbval starts the kernel in the notebook's folder; the profile's paths are relative to the repository root
+    copy = repo / f".nbval-{source.stem}.ipynb"
+    copy.write_bytes(executed.read_bytes())
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:xdist", "-p", "no:cacheprovider",
+                               "-q", "-o", "addopts=", str(copy)], cwd=repo, capture_output=True, text=True, timeout=900)
+    finally:
+        copy.unlink(missing_ok=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    cells = sum(c.cell_type == "code" for c in jupytext.read(source).cells)
+    assert f"{cells + 1} passed" in proc.stdout, proc.stdout[-800:]  # every code cell ran, papermill's parameters too

@@ -90,18 +90,99 @@ def test_korean_pipeline_keeps_the_checkpoints_unet_byte_for_byte(standin):
     assert image.shape[-1] == 3
 
 
-def test_diffusers_own_loaders_open_the_saved_korean_pipeline(standin):
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory):
+    """A new venv with only torch, transformers and diffusers (this environment's versions): koclip not installed."""
+    import diffusers
+    import torch
+    import transformers
 
-    from koclip_lib.distill import KoreanTextEncoder
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+            f"diffusers=={diffusers.__version__}"]
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert subprocess.run([str(python), "-c", "import koclip_lib"], cwd=venv, capture_output=True).returncode != 0
+    return python
+
+
+def _run_bare(python, code: str, cwd) -> str:
+    proc = subprocess.run([str(python), "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_plain_transformers_loads_the_student_without_koclip(standin, bare_venv, tmp_path):
+    import numpy as np
+    import torch
+
+    from koclip_lib.distill import encode, load_student
+
+    folder = standin["root"] / "student-sequence"
+    assert (folder / "modeling_korean_text_encoder.py").is_file()
+    assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"] == \
+        "modeling_korean_text_encoder.KoreanTextEncoder"
+    prompts = ["의자에 앉은 한 마리의 핑크 고양이", "왼쪽에 빨간 별이 있다"]
+    _run_bare(bare_venv, f"""
+import numpy as np, torch
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})
+with torch.no_grad():
+    states = model(**tokenizer({prompts!r}, padding=True, return_tensors="pt")).last_hidden_state
+np.save("states.npy", states.numpy())
+""", tmp_path)
+    bare = np.load(tmp_path / "states.npy")
+    model, tokenizer = load_student(folder)
+    with torch.no_grad():
+        ours = encode(model, tokenizer, prompts).last_hidden_state.numpy()
+    assert bare.shape == (2, model.config.num_positions, model.config.teacher_width)
+    np.testing.assert_allclose(bare, ours, rtol=0, atol=1e-5)
+
+
+def test_diffusers_loads_the_korean_pipeline_folder_without_koclip(standin, bare_venv, tmp_path):
+    import numpy as np
+    import torch
+
     from koclip_lib.pipeline import KoreanStableDiffusionPipeline
 
     saved = standin["root"] / "korean_sd"
-    custom = DiffusionPipeline.from_pretrained(saved, custom_pipeline="pipeline", trust_remote_code=True)
-    assert isinstance(custom, KoreanStableDiffusionPipeline)
-    plain = StableDiffusionPipeline.from_pretrained(saved)  # the standard class, with the student as its text encoder
-    assert isinstance(plain.text_encoder, KoreanTextEncoder)
-    assert plain("의자에 앉은 고양이", num_inference_steps=2, output_type="np").images[0].shape[-1] == 3
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["text_encoder"] == ["modeling_korean_text_encoder", "KoreanTextEncoder"], index["text_encoder"]
+    prompt, seed = "의자에 앉은 한 마리의 핑크 고양이", 1147446245
+    out = _run_bare(bare_venv, f"""
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(saved)!r}, custom_pipeline="pipeline", trust_remote_code=True)
+print(type(pipe).__name__, type(pipe.text_encoder).__name__)
+image = pipe({prompt!r}, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed({seed})).images[0]
+np.save("image.npy", image)
+""", tmp_path)
+    assert out.split() == ["KoreanStableDiffusionPipeline", "KoreanTextEncoder"], out
+    pipe = KoreanStableDiffusionPipeline.from_pretrained(saved)
+    ours = pipe(prompt, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(seed)).images[0]
+    # the same image up to float summation order (the other process runs torch on its own thread count)
+    np.testing.assert_allclose(np.load(tmp_path / "image.npy"), ours, rtol=0, atol=1e-5)
+
+
+def test_cards_name_licences_base_models_and_metrics_and_their_usage_runs(standin, bare_venv, tmp_path):
+    from huggingface_hub import ModelCard
+
+    student = ModelCard.load(standin["root"] / "student-sequence" / "README.md")
+    assert student.data.base_model == "klue/roberta-small" and student.data.library_name == "transformers"
+    # derived from SD 1.5's text encoder (OpenRAIL-M), klue (CC-BY-SA) and Tatoeba: the strictest travels on
+    assert student.data.license == "creativeml-openrail-m"
+    assert "cc-by-sa-4.0" in student.text and "cc-by-2.0" in student.text
+    assert {r.metric_type for r in student.data.eval_results} >= {"seq_cosine", "pooled_cosine", "R@1"}
+    usage = student.text.split("```python\n")[1].split("```")[0]
+    assert "trust_remote_code=True" in usage
+    assert _run_bare(bare_venv, usage, tmp_path).strip() == "torch.Size([1, 77, 32])"  # the stand-in teacher is 32 wide
+    pipeline = ModelCard.load(standin["root"] / "korean_sd" / "README.md")
+    assert pipeline.data.base_model == SD15 and pipeline.data.license == "creativeml-openrail-m"
+    assert pipeline.data.pipeline_tag == "text-to-image" and 'custom_pipeline="pipeline"' in pipeline.text
 
 
 def test_lora_was_trained_on_the_image_folder_with_the_standin_captioner(standin):

@@ -117,7 +117,7 @@ def test_ensure_translator_is_cached_by_config(tmp_path, corpus_dir):
     assert len(Translator.from_pretrained(path, device="cpu").translate(["빨간 원"])) == 1
 
 
-def test_interrupted_training_resumes_to_the_same_weights(corpus_dir, trained, tmp_path, monkeypatch, capsys):
+def test_interrupted_training_resumes_to_the_same_weights(corpus_dir, trained, tmp_path, monkeypatch, caplog):
     import koclip_lib.translate as translate
 
     real_loop = translate.train_loop
@@ -132,8 +132,9 @@ def test_interrupted_training_resumes_to_the_same_weights(corpus_dir, trained, t
         train_translator(corpus_dir, tmp_path, cfg)
     monkeypatch.undo()
     assert (tmp_path / "train" / "checkpoints" / "step-30").exists()
-    metrics = train_translator(corpus_dir, tmp_path, cfg)  # resumes from step 30 with the same tokenizer
-    assert "resumed from" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="koclip_lib.train"):
+        metrics = train_translator(corpus_dir, tmp_path, cfg)  # resumes from step 30 with the same tokenizer
+    assert "resumed from" in caplog.text and "at step 30" in caplog.text
     resumed = Translator.from_pretrained(tmp_path, device="cpu").model.state_dict()
     uninterrupted = Translator.from_pretrained(trained[0], device="cpu").model.state_dict()
     for name, weight in uninterrupted.items():
