@@ -128,6 +128,12 @@ class Setting:
     vae: str = "full"              # full | tiny (AutoencoderTiny, TAESD's architecture, as the decoder)
     batch: int = 1
     cache: bool = False            # prompt embeddings encoded once beforehand (a cache hit) vs on every call
+    # the GPU study's techniques (koclip_lib.bench_full); their defaults change nothing
+    fused_qkv: bool = False        # one QKV projection per attention layer (diffusers' fuse_qkv_projections; SDPA only)
+    compile_mode: str | None = None  # torch.compile mode of the compiled parts (None: the run's --compile-mode)
+    compile_vae: bool = False      # torch.compile of the VAE decoder
+    deepcache: int = 0             # DeepCache's cache interval (the deep UNet features reused for N-1 of N steps); 0: off
+    tome: float = 0.0              # token merging ratio (tomesd) in the UNet's attention; 0: off
 
     def changes(self, other: "Setting") -> dict:
         """The fields where this setting differs from `other`."""
@@ -178,9 +184,24 @@ def configure(pipe, setting: Setting, device: torch.device, tiny_vae=None, compi
     if setting.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if setting.fused_qkv:
+        pipe.fuse_qkv_projections()
     pipe.scheduler = make_scheduler(setting.scheduler, pipe.scheduler.config)
+    if setting.tome:
+        import tomesd
+
+        tomesd.apply_patch(pipe, ratio=setting.tome)
+    if setting.deepcache:
+        from DeepCache import DeepCacheSDHelper
+
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(cache_interval=setting.deepcache, cache_branch_id=0)
+        helper.enable()
+    mode = setting.compile_mode or compile_mode
     if setting.compile:
-        pipe.unet.compile(mode=compile_mode)  # in place: the pipeline still sees a UNet2DConditionModel
+        pipe.unet.compile(mode=mode)  # in place: the pipeline still sees a UNet2DConditionModel
+    if setting.compile_vae:
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode)
     return pipe
 
 

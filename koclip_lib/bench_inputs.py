@@ -41,6 +41,7 @@ class BenchInputs:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (Korean, English) training pairs
     distill_config: object = None      # koclip_lib.distill.DistillConfig
     distill_batch: int = 128
+    unet_stage_batch: int = 32         # the unet stage's batch (distill.unet_loop)
     lora_batch: int = 32
     notes: list[str] = field(default_factory=list)
 
@@ -218,7 +219,8 @@ def full_random_inputs(params: dict, n_prompts: int = 8, scale: float = 1.0, res
         translator=Translator(parts["translator"], FoldingTokenizer(parts["translator_tok"]), device="cpu"), english_pipe=english,
         decode_tokens=decode_tokens, teacher=(parts["teacher"], parts["teacher_tok"]),
         pairs=FULL_PROMPTS * 32, distill_config=bench_distill_config(params),
-        distill_batch=int(loop.get("batch_size", 256)), lora_batch=16, notes=[note])
+        distill_batch=int(loop.get("batch_size", 256)), lora_batch=16, notes=[note],
+        unet_stage_batch=int(((params.get("distill") or {}).get("unet_loop") or {}).get("batch_size", 32)))
 
 
 def full_inputs(params: dict, n_prompts: int = 8) -> BenchInputs:
