@@ -29,6 +29,7 @@ import ipaddress
 import json
 import math
 import os
+import random
 import re
 import socket
 import sqlite3
@@ -66,6 +67,9 @@ class Tally:
     retry_after: list = field(default_factory=list)
     reject_latencies: list = field(default_factory=list)  # seconds from submit to the 429/503 answer
     poll_errors: int = 0
+    oversize_refused: int = 0   # --oversize-frac requests answered 422 (the size limit)
+    oversize_accepted: int = 0  # ... or admitted (a server without a size limit)
+    cancels: int = 0            # --cancel-frac jobs the client cancelled right after their 202
 
 
 def check_loopback(url: str) -> None:
@@ -168,11 +172,17 @@ async def client_loop(client: httpx.AsyncClient, counter, args, until: float, ta
         except StopIteration:
             return
         api = args.apis[i % len(args.apis)]
+        # request i's fate, the same in every run: an oversize image, a cancel right after admission, or neither
+        draw = random.Random(i).random()
+        oversize = api == "native" and draw < args.oversize_frac
+        cancel = api == "native" and not oversize and draw < args.oversize_frac + args.cancel_frac
         body = {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i, "steps": args.steps, "deadline_s": args.deadline_s}
         if args.width:
             body["width"] = args.width
         if args.height:
             body["height"] = args.height
+        if oversize:
+            body["width"] = body["height"] = args.oversize_side
         path = "/v1/images"
         if api != "native":
             path, body = compatible_request(api, i, args)
@@ -190,8 +200,16 @@ async def client_loop(client: httpx.AsyncClient, counter, args, until: float, ta
             continue
         if api != "native" and sync_outcome(r, submitted, tally):
             continue
+        if oversize and r.status_code == 422:
+            tally.oversize_refused += 1
+            continue
         if r.status_code == 202:
             tally.accepted += 1
+            tally.oversize_accepted += oversize
+            if cancel:
+                with contextlib.suppress(httpx.TransportError):  # if the cancel is lost, the job just runs
+                    await client.delete(f"/v1/jobs/{r.json()['job_id']}")
+                    tally.cancels += 1
             await follow(client, r.json()["job_id"], submitted, until, tally, args.poll_s)
         elif r.status_code in (429, 503):
             tally.reject_latencies.append(time.monotonic() - submitted)
@@ -235,6 +253,7 @@ async def run(args) -> dict:
                               "max": round(max(rej), 4) if rej else None},
         "wall_s": round(wall, 2), "concurrency": args.concurrency, "steps": args.steps,
         "size": [args.width, args.height], "deadline_s": args.deadline_s, "apis": args.apis,
+        "oversize_refused": tally.oversize_refused, "oversize_accepted": tally.oversize_accepted, "cancels": tally.cancels,
     }
 
 
@@ -244,6 +263,8 @@ def print_table(result: dict) -> None:
             ("rejected 503 (deadline)", result["rejected_503"]), ("submit errors (connection)", result["submit_errors"]),
             ("succeeded", result["succeeded"]), ("failed", result["failed"]), ("expired", result["expired"]),
             ("cancelled", result["cancelled"]), ("LOST (accepted, no terminal state)", result["lost"]),
+            ("oversize refused / admitted", f"{result['oversize_refused']} / {result['oversize_accepted']}"),
+            ("cancelled by the client after 202", result["cancels"]),
             ("image fetch errors", result["image_errors"]),
             ("latency p50 / p95 / p99 s", " / ".join(str(result["latency_s"][k]) for k in ("p50", "p95", "p99"))),
             ("throughput images/s", result["throughput_images_per_s"]),
@@ -268,6 +289,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retry-cap-s", type=float, default=5.0, help="longest Retry-After a client honours")
     ap.add_argument("--error-backoff-s", type=float, default=2.0, help="pause after a connection error on submit")
     ap.add_argument("--max-seconds", type=float, default=600.0, help="hard bound on the whole run")
+    ap.add_argument("--oversize-frac", type=float, default=0.0,
+                    help="share of native requests asking for --oversize-side pixels a side (a size limit answers 422)")
+    ap.add_argument("--oversize-side", type=int, default=2048)
+    ap.add_argument("--cancel-frac", type=float, default=0.0, help="share of native requests cancelled right after their 202")
     ap.add_argument("--apis", default="native", help="comma-separated, requests rotate between them: native "
                                                       "(POST /v1/images + polling), a1111 (/sdapi/v1/txt2img), openai (/v1/images/generations)")
     args = ap.parse_args(argv)

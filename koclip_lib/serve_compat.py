@@ -18,7 +18,9 @@ so does this layer, and it lists them in the response's `info.ignored_fields`. O
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -29,7 +31,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .adapters import LoraRegistry
-from .serve import EXPIRED, FAILED, SAMPLERS, SUCCEEDED, _model_name, invalid_response, job_spec, sampler_name
+from .serve import (EXPIRED, FAILED, SAMPLERS, SUCCEEDED, StoreUnavailable, _model_name, client_of, invalid_response, job_spec,
+                    sampler_name)
 
 MAX_IMAGES = 16  # images one compatible request may ask for (batch_size x n_iter, or n)
 
@@ -68,15 +71,18 @@ async def generate(ctx: Service, body: dict, count: int, request: Request, seed_
     try:
         for i in range(count):
             spec = replace(first, seed=(first.seed + i * seed_step) % 2**32)
-            jobs.append(ctx.admit(req, spec)[0])
+            # admission writes the store: off the event loop
+            jobs.append((await asyncio.to_thread(ctx.admit, req, spec, client_of(request), True))[0])
     except HTTPException as err:
         for job in jobs:
-            ctx.service.cancel(job.id, "another image of the same request was refused")
+            with contextlib.suppress(StoreUnavailable):  # the reaper expires it at its deadline
+                await asyncio.to_thread(ctx.service.cancel, job.id, "another image of the same request was refused")
         raise CompatError(err.status_code, str(err.detail), headers=getattr(err, "headers", None)) from None
     for job in jobs:
         if not await ctx.wait_for(job, request):
             for other in jobs:
-                ctx.service.cancel(other.id, "the client disconnected")
+                with contextlib.suppress(StoreUnavailable):
+                    await asyncio.to_thread(ctx.service.cancel, other.id, "the client disconnected")
             raise CompatError(499, "the client disconnected")
     for job in jobs:
         if job.state != SUCCEEDED:
@@ -86,7 +92,10 @@ async def generate(ctx: Service, body: dict, count: int, request: Request, seed_
 
 
 def _b64(ctx: Service, job) -> str:
-    return base64.b64encode(ctx.service.image(job.id)).decode("ascii")
+    png = ctx.service.image(job.id)
+    if png is None:  # never an empty image: the store cannot give it now
+        raise CompatError(503, f"job {job.id} succeeded but its image cannot be read from the store now; try again shortly")
+    return base64.b64encode(png).decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------------------------------

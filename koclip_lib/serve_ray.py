@@ -44,7 +44,8 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from .cli import CliParser, existing_path
-from .serve import JobSpec, PipelineEngine, Settings, invalid_response, job_spec, load_lora_registry, request_models
+from .serve import (JobSpec, PipelineEngine, ServiceTime, Settings, invalid_response, job_spec, load_lora_registry,
+                    public_reason, request_models, with_native_limits)
 
 log = logging.getLogger("koclip.serve_ray")
 _D = Settings(api_key=None)
@@ -66,7 +67,7 @@ class AppArgs(BaseModel):
     lora_registry: Optional[str] = None
     default_steps: int = _D.default_steps
     max_steps: int = _D.max_steps
-    max_side: int = _D.max_side
+    max_side: Optional[int] = _D.max_side  # None: twice the pipeline's native side
     max_prompt_chars: int = _D.max_prompt_chars
     default_deadline_s: float = _D.default_deadline_s
     max_deadline_s: float = _D.max_deadline_s
@@ -108,6 +109,9 @@ class ImageDeployment:
         registry = load_lora_registry(self.settings.lora_registry)
         self.engine = PipelineEngine(load_pipeline(a.pipeline, a.text_encoder, a.device),
                                      cache_size=self.settings.embed_cache_size, loras=registry)
+        self.settings = with_native_limits(self.settings, self.engine)
+        self.estimate = ServiceTime(self.settings.initial_s_per_image_step, self.engine.default_size,
+                                    self.settings.estimate_window)
         self.ImageRequest = request_models(self.settings, frozenset(registry))
         self.generate.set_max_batch_size(a.max_batch)
         self.generate.set_batch_wait_timeout_s(a.batch_wait_s)
@@ -131,10 +135,17 @@ class ImageDeployment:
         if not self._authorized(request):
             return JSONResponse(status_code=401, content={"detail": "missing or wrong API key"},
                                 headers={"WWW-Authenticate": "Bearer"})
+        arrived = time.time()
+        # JSON only, as the FastAPI service: a form or text/plain POST (which a web page can send without a
+        # preflight) never starts GPU work
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return invalid_response([{"loc": ("body",), "msg": "the body must be JSON (content-type: application/json)"}])
         try:
             body = await request.json()
         except ValueError:
             return invalid_response([{"loc": ("body",), "msg": "not valid JSON"}])
+        except RecursionError:
+            return JSONResponse(status_code=400, content={"detail": "the body is nested too deeply"})
         try:
             req = self.ImageRequest.model_validate(body)
             spec = job_spec(req, self.engine, frozenset(self.engine.loras), self.settings.max_loras, self.settings.max_lora_weight)
@@ -142,8 +153,12 @@ class ImageDeployment:
             return invalid_response(err.errors())
         except HTTPException as err:
             return JSONResponse(status_code=err.status_code, content={"detail": err.detail})
-        deadline = time.time() + (req.deadline_s or self.settings.default_deadline_s)
-        out: Outcome = await self.generate((spec, deadline))
+        deadline_s = req.deadline_s or self.settings.default_deadline_s
+        own = self.estimate.job_seconds(spec)
+        if own > deadline_s:  # the rules of the FastAPI service's admission: a job that cannot fit is refused now
+            return JSONResponse(status_code=503, content={"detail": f"deadline_s={deadline_s:g} cannot be met: this job's "
+                                                                    f"own work takes about {own:.1f} s"})
+        out: Outcome = await self.generate((spec, arrived + deadline_s))
         if out.status != 200:
             return JSONResponse(status_code=out.status, content={"detail": out.detail, "replica": self.replica})
         return Response(out.png, media_type="image/png", headers={
@@ -169,17 +184,21 @@ class ImageDeployment:
         """One pipeline call; it stops early once every job's deadline has passed. One bad job must not fail its
         neighbours: a failed batch runs again one job at a time."""
         last = max(deadline for _, deadline in jobs)
+        started = time.perf_counter()
         try:
             pngs = await asyncio.to_thread(self.engine.generate, [spec for spec, _ in jobs],
-                                           lambda step, steps: time.time() > last)
+                                           lambda step, steps: time.time() > last, lambda: time.time() > last)
         except Exception as err:
             if len(jobs) > 1:
                 return [(await self._run([job]))[0] for job in jobs]
             log.exception("generation failed")
-            return [Outcome(500, detail=f"generation failed: {type(err).__name__}: {err}")]
+            return [Outcome(500, detail=public_reason(err))]
         if pngs is None:
             return [Outcome(504, detail="deadline passed during generation")] * len(jobs)
-        return [Outcome(200, png=png, batch_size=len(jobs)) for png in pngs]
+        self.estimate.observe(time.perf_counter() - started, [spec for spec, _ in jobs])
+        now = time.time()  # each job by its own deadline: one that passed while its batch ran gets 504, not the image
+        return [Outcome(200, png=png, batch_size=len(jobs)) if now <= deadline else
+                Outcome(504, detail="deadline passed during generation") for png, (_, deadline) in zip(pngs, jobs)]
 
     @http.get("/healthz")
     def healthz(self):
@@ -229,6 +248,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--default-steps", type=int, default=d.default_steps)
     ap.add_argument("--max-steps", type=int, default=d.max_steps)
     ap.add_argument("--default-deadline-s", type=float, default=d.default_deadline_s)
+    ap.add_argument("--max-deadline-s", type=float, default=d.max_deadline_s)
+    ap.add_argument("--max-side", type=int, help="largest width or height (default: twice the pipeline's native side)")
+    ap.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars)
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
@@ -238,7 +260,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                    num_gpus=a.num_gpus, num_cpus=a.num_cpus, max_batch=a.max_batch, batch_wait_s=a.batch_wait_s,
                    max_ongoing=a.max_ongoing, max_queued=a.max_queued, retry_after_s=a.retry_after_s,
                    lora_registry=a.lora_registry, default_steps=a.default_steps, max_steps=a.max_steps,
-                   default_deadline_s=a.default_deadline_s, warmup=not a.no_warmup)
+                   default_deadline_s=a.default_deadline_s, max_deadline_s=a.max_deadline_s, max_side=a.max_side,
+                   max_prompt_chars=a.max_prompt_chars, warmup=not a.no_warmup)
     ray.init(address=a.address, include_dashboard=False)
     serve.start(http_options={"host": a.host, "port": a.port})
     serve.run(build_app(args), blocking=True)

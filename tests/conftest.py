@@ -106,11 +106,11 @@ def serve_app():
 
     running = []
 
-    def start(app):
+    def start(app, **config):  # config: more uvicorn.Config arguments
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         running.append((server, thread))

@@ -29,21 +29,30 @@ def test_over_capacity_requests_get_429_and_no_accepted_job_is_lost(tiny_parts):
     assert _gone(r["server"]["pids"][0])  # stopped at the end
 
 
-def test_kill_9_mid_run_then_restart_on_the_same_db_completes_every_accepted_job(tiny_parts):
-    # one image per batch, 20 steps: while 8 clients wait, a queue builds up for the kill to interrupt
-    r = service_check(tiny_parts / "sd", requests=30, concurrency=8, steps=20, kill_after_s=1.0,
-                      server_args=["--max-batch", "1"], loadtest_args=FAST_CLIENTS)
+def test_kill_9_mid_run_with_oversize_and_cancelled_requests_loses_no_job(tiny_parts):
+    # 32 clients, 10% oversize images, 10% cancelled right after their 202, one image per batch at 20 steps (a queue
+    # builds up for the kill to interrupt), SIGKILL 1 s in, a restart on the same job store
+    deadline = 60.0
+    r = service_check(tiny_parts / "sd", requests=80, concurrency=32, steps=20, kill_after_s=1.0, deadline_s=deadline,
+                      server_args=["--max-batch", "1"],
+                      loadtest_args=[*FAST_CLIENTS, "--oversize-frac", "0.1", "--cancel-frac", "0.1"])
     restart = r["restart"]
     assert restart["killed_after_s"] is not None, restart  # the kill happened while the load test ran
     pids = r["server"]["pids"]
     assert len(pids) == 2 and pids[0] != pids[1] and all(_gone(p) for p in pids)
     assert restart["resumed"] >= 1, restart  # the restarted server picked up what the killed one had accepted
-    assert r["lost"] == 0 and r["invalid"] == 0, r
-    assert r["succeeded"] == r["accepted"] > 0, r
+    assert r["lost"] == 0 and r["invalid"] == 0 and r["image_errors"] == 0, r
+    assert r["oversize_refused"] >= 1 and r["oversize_accepted"] == 0, r  # 2048 px against a 32 px pipeline: 422
+    assert r["cancels"] >= 1 and r["cancelled"] >= 1, r
+    assert r["succeeded"] + r["cancelled"] == r["accepted"] > 0, r
+    if r["rejected_429"]:  # over capacity: answered at once
+        assert r["rejected_answer_s"]["max"] < 1.0, r
+    assert r["latency_s"]["p99"] < deadline, r
     # a submission the kill cut off after its job was stored but before the 202 went out is a submit error to the
     # client and a job to the server: the restarted server runs it too, so the store may hold up to that many more
-    assert r["accepted"] <= r["db_states"]["succeeded"] <= r["accepted"] + r["submit_errors"], r
-    assert set(r["db_states"]) <= {"succeeded", "rerun"}, r
+    stored = r["db_states"].get("succeeded", 0) + r["db_states"].get("cancelled", 0)
+    assert r["accepted"] <= stored <= r["accepted"] + r["submit_errors"], r
+    assert set(r["db_states"]) <= {"succeeded", "cancelled", "rerun"}, r
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path):

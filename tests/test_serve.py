@@ -263,8 +263,8 @@ def test_accepted_jobs_survive_a_restart_and_results_last_until_their_ttl(tiny_p
 class SlowEngine(PipelineEngine):
     """The real engine with 0.1 s added per denoising step, so a test can act while a batch is running."""
 
-    def generate(self, specs, on_step):
-        return super().generate(specs, lambda step, steps: time.sleep(0.1) or on_step(step, steps))
+    def generate(self, specs, on_step, should_stop=None):
+        return super().generate(specs, lambda step, steps: time.sleep(0.1) or on_step(step, steps), should_stop)
 
 
 def test_running_jobs_are_interrupted_by_cancel_and_kept_by_a_graceful_stop(tiny_pipe, tmp_path):

@@ -82,6 +82,22 @@ def test_non_json_body_gets_422(ray_url):
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"
 
 
+def test_the_ray_app_keeps_the_services_rules(ray_url):
+    """JSON only (a form or text/plain POST needs no CORS preflight), deep nesting is a 400, not a 500, and a job
+    whose own work cannot fit its deadline is refused at once."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        r = httpx.post(f"{ray_url}/v1/images:sync", content=b'{"prompt": "a red star"}', timeout=30, trust_env=False,
+                       headers={"content-type": content_type})
+        assert r.status_code == 422 and "application/json" in r.text, r.text
+    r = httpx.post(f"{ray_url}/v1/images:sync", content=b"[" * 100_000 + b"]" * 100_000, timeout=30, trust_env=False,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    started = time.perf_counter()
+    r = httpx.post(f"{ray_url}/v1/images:sync", json={"prompt": "a red star", "width": 256, "height": 256, "steps": 10,
+                                                      "deadline_s": 5}, timeout=30, trust_env=False)
+    assert r.status_code == 503 and "own work" in r.json()["detail"] and time.perf_counter() - started < 5
+
+
 def test_both_replicas_answer_and_batches_group_compatible_requests_only(ray_url, tiny_parts):
     # 8 concurrent requests, two batch keys (2 and 3 steps) interleaved: at most 2 x MAX_ONGOING in flight, no 429
     bodies = [{"prompt": "a red star" if i % 3 else "a blue heart", "seed": i, "steps": 2 + i % 2} for i in range(8)]
