@@ -153,12 +153,15 @@ def test_admission_counts_pixels_and_steps_and_one_outlier_does_not_move_the_est
         assert r.status_code == 503 and "own work" in r.json()["detail"]  # 4 x 10 x 1 s = 40 s > 20 s: refused at once
 
 
+BLOCK_S = 0.8
+
+
 class SlowBlocks(PipelineEngine):
-    """The real engine with 0.4 s added before each of the UNet's blocks: one step takes seconds, like a big image's."""
+    """The real engine with BLOCK_S added before each of the UNet's blocks: a step takes seconds, like a big image's."""
 
     def __init__(self, pipe):
         super().__init__(pipe)
-        self.handles = [b.register_forward_pre_hook(lambda *_: time.sleep(0.4))
+        self.handles = [b.register_forward_pre_hook(lambda *_: time.sleep(BLOCK_S))
                         for b in (*pipe.unet.down_blocks, *pipe.unet.up_blocks)]
 
 
@@ -172,8 +175,9 @@ def test_a_deadline_stops_generation_inside_a_step(tiny_pipe, tmp_path):
             status = wait_state(client, job_id, timeout=30)
             blocks = len(tiny_pipe.unet.down_blocks) + len(tiny_pipe.unet.up_blocks)
             assert status["state"] == "expired"
-            # a step takes blocks x 0.4 s; stopped within about one block of the deadline, not at the step's end
-            assert status["finished_at"] - status["created_at"] < 1.0 + 0.4 + 0.5 < blocks * 0.4 + 0.4
+            # a step takes blocks x BLOCK_S; stopped within about one block of the deadline, not at the step's end
+            assert blocks * BLOCK_S > 1.0 + BLOCK_S + 0.5
+            assert status["finished_at"] - status["created_at"] < 1.0 + BLOCK_S + 0.5
             until(lambda: not app.state.service.batch, timeout=2, what="the worker to drop the batch")
     finally:
         for h in engine.handles:
