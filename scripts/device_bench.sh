@@ -28,7 +28,7 @@ fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   DEVICE=cpu
   ARGS=(--device cpu --scale 0.05 --resolution 64 --prompts 2 --batches 1,2 --no-compile --train-steps 1 --stem dryrun-cpu)
-  BUDGET_S=${BUDGET_S:-60}
+  BUDGET_S=${BUDGET_S:-90}
 else
   DEVICE=cuda
   ARGS=()

@@ -117,6 +117,9 @@ def test_device_bench_script_dry_run_on_the_cpu(tmp_path):
     passed = {json.dumps(r["changes"], sort_keys=True) for r in rows if r.get("guard", {}).get("passed")}
     stacked = [r for r in rows if r["kind"] == "stacked"]
     for r in stacked:
+        if r["status"] != "measured":  # a busy machine: the time budget skipped it
+            assert r["status"] == "skipped" and "time budget" in r["reason"], r
+            continue
         assert r["guard"]["passed"]
         base = {k: v for k, v in rows[1]["setting"].items()}
         for key, value in r["setting"].items():
