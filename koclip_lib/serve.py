@@ -66,9 +66,9 @@ import os
 import re
 import secrets
 import sqlite3
+import statistics
 import threading
 import time
-import statistics
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, replace
@@ -81,8 +81,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Securit
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .adapters import LORA_NAME, LoraError, LoraRegistry, apply_loras  # one rule for LoRA names: the registry's
 from .cli import CliParser, existing_path
@@ -180,6 +180,10 @@ class Job:
     sync: bool = False  # a client is waiting on the connection (a sync request): it cannot outlive a restart
 
 
+def overdue_in_generation(job: Job) -> str:
+    return f"deadline passed during generation (step {job.step}/{job.spec.steps})"
+
+
 def work_units(spec: "JobSpec") -> float:
     """What a job costs the worker: megapixels x denoising steps (one image)."""
     return spec.width * spec.height / 1e6 * spec.steps
@@ -231,22 +235,16 @@ class JobStore:
         except FileNotFoundError:
             return "deleted"
 
-    def insert(self, job: Job) -> int:
+    def insert(self, job: Job, image: Optional[bytes] = None) -> int:
+        """Write `job` as it is; returns its admission order (`seq`): a new one for a new job (seq 0), its own for a
+        job written again (a store rebuilt from memory, image included)."""
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO jobs (id, state, request, created_at, deadline, attempts, client, sync) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (job.id, job.state, job.spec.to_json(), job.created_at, job.deadline,
-                                                 job.attempts, job.client, int(job.sync)))
-            return cur.lastrowid
-
-    def restore(self, job: Job, image: Optional[bytes]) -> None:
-        """Write `job` as it is, admission order and image included (rebuilding a store from memory)."""
-        with self._lock:
-            self._db.execute(
                 "INSERT INTO jobs (seq, id, state, request, created_at, deadline, started_at, finished_at, reason, attempts, "
                 "image, client, sync) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.seq, job.id, job.state, job.spec.to_json(), job.created_at, job.deadline, job.started_at,
+                (job.seq or None, job.id, job.state, job.spec.to_json(), job.created_at, job.deadline, job.started_at,
                  job.finished_at, job.reason, job.attempts, image, job.client, int(job.sync)))
+            return cur.lastrowid
 
     def save(self, job: Job, image: Optional[bytes] = None) -> None:
         with self._lock:
@@ -376,6 +374,10 @@ def generation_parameters(spec: "JobSpec", pipe) -> str:
     return "\n".join(lines)
 
 
+class Interrupted(Exception):
+    """Raised inside the pipeline call to end it now (between steps, or between the UNet's blocks)."""
+
+
 class PipelineEngine:
     """Runs batches on a diffusers StableDiffusionPipeline. Only the worker thread calls `generate`."""
 
@@ -465,9 +467,6 @@ class PipelineEngine:
                 hook.remove()
         return [png_bytes(im, generation_parameters(spec, self.pipe)) for im, spec in zip(out.images, specs)]
 
-
-class Interrupted(Exception):
-    """Raised inside the pipeline call to end it now (between steps, or between the UNet's blocks)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -706,7 +705,7 @@ class JobService:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             self.store = JobStore(path, self.settings.store_timeout_s)
             for job in sorted(self.jobs.values(), key=lambda j: j.seq):
-                self.store.restore(job, images.get(job.id))
+                self.store.insert(job, images.get(job.id))
 
     # -- admission ------------------------------------------------------------------------------------------
     def _running_remaining(self, now: float) -> float:
@@ -822,7 +821,7 @@ class JobService:
                 waited = now - job.created_at
                 self._finish(job, EXPIRED, f"deadline passed before the job started ({waited:.1f} s after admission)")
             for job in [j for j in self.batch if j.state == RUNNING and now > j.deadline]:
-                self._finish(job, EXPIRED, f"deadline passed during generation (step {job.step}/{job.spec.steps})")
+                self._finish(job, EXPIRED, overdue_in_generation(job))
 
     def _purge(self, now: float) -> None:
         with self._lock:
@@ -874,9 +873,7 @@ class JobService:
                             self._wake.wait(timeout=0.25)  # woken by submit/resume/stop
                 failing_since, backoff = None, 0.05
             except Exception as err:  # a store error (locked, disk full, I/O) must not end the worker for good
-                kind = "store" if isinstance(err, (StoreUnavailable, sqlite3.Error)) else "worker"
-                if kind == "worker":
-                    self.metrics.errors.labels(kind).inc()
+                kind = self._count_error(err, "worker")
                 log.warning("worker: %s: %s (retrying in %.2f s)", kind, err, backoff)
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > self.settings.worker_give_up_s:
@@ -884,6 +881,15 @@ class JobService:
                     return
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def _count_error(self, err: Exception, kind: str) -> str:
+        """Count an error of a thread's loop by kind ('store', else `kind`); a StoreUnavailable was counted when
+        it was raised (`_store_failed`)."""
+        if isinstance(err, StoreUnavailable):
+            return "store"
+        kind = "store" if isinstance(err, sqlite3.Error) else kind
+        self.metrics.errors.labels(kind).inc()
+        return kind
 
     def _give_up(self, reason: str) -> None:
         self.fatal = reason
@@ -906,8 +912,7 @@ class JobService:
                     self._purge(now)
                     next_purge = now + self.settings.purge_interval_s
             except Exception as err:  # retried on the next round
-                self.metrics.errors.labels("store" if isinstance(err, (StoreUnavailable, sqlite3.Error)) else "reaper").inc()
-                log.warning("reaper: %s", err)
+                log.warning("reaper: %s: %s", self._count_error(err, "reaper"), err)
 
     def _warmup(self) -> None:
         width, height = self.engine.default_size
@@ -919,15 +924,14 @@ class JobService:
 
     def _on_step(self, batch: list[Job], step: int, steps: int) -> bool:
         """Progress events and deadlines; True stops the pipeline (no job in the batch still wants it)."""
-        now = time.time()
         with self._lock:
             for job in batch:
-                if job.state == RUNNING and now > job.deadline:
-                    with contextlib.suppress(StoreUnavailable):  # else the reaper expires it
-                        self._finish(job, EXPIRED, f"deadline passed during generation (step {step}/{steps})")
+                if job.state == RUNNING:
+                    job.step = step
+            with contextlib.suppress(StoreUnavailable):  # else the reaper expires them
+                self._expire_overdue(time.time())
             alive = [j for j in batch if j.state == RUNNING]
             for job in alive:
-                job.step = step
                 self.hub.publish(job.id, {"event": "progress", "job_id": job.id, "step": step, "steps": steps})
         return not alive or self._stop.is_set()
 
@@ -969,7 +973,7 @@ class JobService:
                         with contextlib.suppress(StoreUnavailable):
                             self._commit(job, state=QUEUED, started_at=None)
                     elif now > job.deadline:
-                        self._settle(job, EXPIRED, f"deadline passed during generation (step {job.step}/{job.spec.steps})")
+                        self._settle(job, EXPIRED, overdue_in_generation(job))
                 return
             self.estimate.observe(seconds, [j.spec for j in batch])
             self.metrics.batch_size.observe(len(batch))
