@@ -39,10 +39,10 @@ def _licence_fields(licence: str) -> dict:
 
 
 def write_card(folder, *, title: str, summary: str, licence: str, derived_from: dict[str, str], usage: str,
-               details: list[str] = (), eval_results: list[EvalResult] | None = None, **card_data) -> Path:
+               sections: dict[str, str] | None = None, eval_results: list[EvalResult] | None = None, **card_data) -> Path:
     """README.md in `folder`: YAML from `ModelCardData` (licence, `card_data`: base_model, language, datasets, tags,
-    library_name, ...), then the summary, what the artifact derives from and under which licence, a usage snippet,
-    and `details` (one markdown line each)."""
+    library_name, instance_prompt, ...), then the summary, what the artifact derives from and under which licence, a
+    usage snippet, and `sections` ({heading: markdown})."""
     data = ModelCardData(**_licence_fields(licence), eval_results=eval_results or None,
                          model_name=title if eval_results else None, **card_data)
     sources = "\n".join(f"- `{what}`: {lic}" for what, lic in derived_from.items()) or "- nothing outside this project"
@@ -50,8 +50,8 @@ def write_card(folder, *, title: str, summary: str, licence: str, derived_from: 
             f"This artifact's licence is `{licence}`: the most restrictive of those above where one applies to "
             "derivatives (CreativeML OpenRAIL-M's use restrictions travel with any model derived from SD 1.5).\n\n"
             f"## Usage\n\n```python\n{usage.strip()}\n```\n")
-    if details:
-        text += "\n## Details\n\n" + "\n".join(f"- {line}" for line in details) + "\n"
+    for heading, body in (sections or {}).items():
+        text += f"\n## {heading}\n\n{body.strip()}\n"
     path = Path(folder) / "README.md"
     ModelCard(text).save(path)
     return path
@@ -95,15 +95,12 @@ image = pipe("왼쪽에 빨간 별이 있다", generator=torch.Generator().manua
 def write_lora_card(folder: str | Path, record: dict, *, base_model: str, pipeline: str, text_encoder: str | None = None,
                     korean: bool = True, license: str = SD15_LICENSE, example_prompt: str = "",
                     best_val: float | None = None) -> Path:
-    """`folder/README.md`, the LoRA's model card (`huggingface_hub.ModelCard`): licence, base model, language, tags,
-    `instance_prompt` (the trigger), which file each tool reads, and a snippet that draws with it through koclip_lib.
-    `record` is the folder's `lora.json`; the snippet loads `pipeline` with `text_encoder` (the Korean student; None for
-    a saved Korean pipeline, which has its own); `korean`: the LoRA was trained behind the Korean text encoder."""
+    """`folder/README.md`, the LoRA's model card: licence, base model, language, tags, `instance_prompt` (the
+    trigger), which file each tool reads, and a snippet that draws with it through koclip_lib. `record` is the
+    folder's `lora.json`; the snippet loads `pipeline` with `text_encoder` (the Korean student; None for a saved Korean
+    pipeline, which has its own); `korean`: the LoRA was trained behind the Korean text encoder."""
     folder = Path(folder).resolve()
     name, trigger, kohya = record["name"], record["trigger"], record["kohya_file"]
-    data = ModelCardData(license=license, base_model=base_model, language="ko" if korean else "en",
-                         library_name="diffusers", instance_prompt=trigger or None,
-                         tags=["lora", "text-to-image", "stable-diffusion", "stable-diffusion-diffusers", "diffusers", "koclip"])
     if korean:
         encoder = f", text_encoder={text_encoder!r}" if text_encoder else ""
         load = ["from koclip_lib.pipeline import load_korean_pipeline", "",
@@ -117,25 +114,23 @@ def write_lora_card(folder: str | Path, record: dict, *, base_model: str, pipeli
                f"pipe({example_prompt!r}).images[0].save({name + '.png'!r})"]
     trigger_line = korean_trigger_note(trigger) or (f"The trigger '{trigger}' is read by the base's own CLIP text encoder."
                                                     if trigger else "No trigger: the style is on whenever the LoRA is.")
-    licence = (f"`{license}`: SD 1.5's CreativeML OpenRAIL-M, under which a LoRA for a base derived from SD 1.5 is used "
-               "(for a base under another licence, `train_lora(..., license=...)` writes that one)."
-               if license == SD15_LICENSE else f"`{license}`, the base model's licence as given to `train_lora`.")
+    files = "\n".join([
+        "| file | layout | read by |", "|---|---|---|",
+        f"| `{record['file']}` | diffusers / peft (`unet.…lora.down.weight`) | diffusers `pipe.load_lora_weights(folder)`, "
+        "koclip `apply_loras`; not ComfyUI's LoraLoader |",
+        f"| `{kohya}` | kohya-ss (`lora_unet_…`, `ss_*` and `modelspec.*` metadata) | kohya sd-scripts, A1111 / Forge, "
+        "ComfyUI, diffusers |",
+        f"| `{a1111_sidecar(kohya).name}` | A1111 user metadata | A1111's activation text (the trigger) |",
+        "| `lora.json` | koclip's training record | |"])
     res = record["resolution"]
-    body = [f"# {name}: a style LoRA for `{base_model}`", "", *([record["description"], ""] if record.get("description") else []),
-            f"**Trigger:** `{trigger}`. {trigger_line}", "", "## Use", "", "```python", *snippet, "```", "",
-            "## Files", "", "| file | layout | read by |", "|---|---|---|",
-            f"| `{record['file']}` | diffusers / peft (`unet.…lora.down.weight`) | diffusers `pipe.load_lora_weights(folder)`, "
-            "koclip `apply_loras`; not ComfyUI's LoraLoader |",
-            f"| `{kohya}` | kohya-ss (`lora_unet_…`, `ss_*` and `modelspec.*` metadata) | kohya sd-scripts, A1111 / Forge, "
-            "ComfyUI, diffusers |",
-            f"| `{a1111_sidecar(kohya).name}` | A1111 user metadata | A1111's activation text (the trigger) |",
-            "| `lora.json` | koclip's training record | |", "",
-            "## Training", "",
-            f"UNet-only LoRA (rank {record['rank']}, alpha {record['alpha']}, on {', '.join(record['target_modules'])}), "
-            f"{record['images']} images at {res}x{res}, {record['steps']} steps, behind the `{record['text_encoder']}` text encoder."]
+    training = (f"UNet-only LoRA (rank {record['rank']}, alpha {record['alpha']}, on {', '.join(record['target_modules'])}), "
+                f"{record['images']} images at {res}x{res}, {record['steps']} steps, behind the `{record['text_encoder']}` "
+                "text encoder.")
     if best_val is not None and best_val < float("inf"):  # inf: no validation ran
-        body += ["", f"Best validation loss (noise-prediction MSE on held-out images): {best_val:.4g}."]
-    body += ["", "## Licence", "", licence, ""]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
-    card.save(folder / "README.md")
-    return folder / "README.md"
+        training += f" Best validation loss (noise-prediction MSE on held-out images): {best_val:.4g}."
+    summary = "\n\n".join(filter(None, [record.get("description"), f"**Trigger:** `{trigger}`. {trigger_line}"]))
+    return write_card(folder, title=f"{name}: a style LoRA for `{base_model}`", summary=summary, licence=license,
+                      derived_from={base_model: license}, usage="\n".join(snippet),
+                      sections={"Files": files, "Training": training}, base_model=base_model,
+                      language="ko" if korean else "en", library_name="diffusers", instance_prompt=trigger or None,
+                      tags=["lora", "text-to-image", "stable-diffusion", "stable-diffusion-diffusers", "diffusers", "koclip"])

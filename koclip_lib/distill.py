@@ -117,11 +117,12 @@ tokenizer = AutoTokenizer.from_pretrained("{out_dir}")
 states = model(**tokenizer(["왼쪽에 빨간 별이 있다"], return_tensors="pt")).last_hidden_state
 print(states.shape)  # (1, {model.config.num_positions}, {model.config.teacher_width}): what SD's UNet cross-attends to
 """,
-               details=[f"teacher: `{model.config.teacher}` (width {model.config.teacher_width}, "
-                        f"{model.config.num_positions} positions)",
-                        f"backbone: {card.get('backbone', model.config.backbone.get('model_type'))}",
-                        f"objective: `{model.config.objective}`", f"data: {card.get('data', '')}",
-                        "metrics: " + json.dumps(metrics, ensure_ascii=False, default=float)])
+               sections={"Details": "\n".join(f"- {line}" for line in [
+                   f"teacher: `{model.config.teacher}` (width {model.config.teacher_width}, "
+                   f"{model.config.num_positions} positions)",
+                   f"backbone: {card.get('backbone', model.config.backbone.get('model_type'))}",
+                   f"objective: `{model.config.objective}`", f"data: {card.get('data', '')}",
+                   "metrics: " + json.dumps(metrics, ensure_ascii=False, default=float)])})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .adapters import (LORA_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry,  # noqa: F401
-                       UnknownLoraError, add_trigger, apply_loras, export_kohya, load_lora, loaded_adapters,
-                       parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
-from .adapters import a1111_sidecar
+from .adapters import (LORA_NAME, SD15_LICENSE, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError,  # noqa: F401
+                       LoraRegistry, UnknownLoraError, a1111_sidecar, add_trigger, apply_loras, export_kohya, load_lora,
+                       loaded_adapters, parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
 from .cards import licence_of, write_lora_card
 from .common import is_main_process, wait_for_everyone, write_json
 from .plan import ModelRef
@@ -189,7 +188,7 @@ def _noise_scheduler(pipe):
 
 
 def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainConfig, name: str = "lora",
-               description: str = "", stop_after: int | None = None, license: str = "creativeml-openrail-m",
+               description: str = "", stop_after: int | None = None, license: str = SD15_LICENSE,
                base_model: str | None = None) -> dict:
     """Train a LoRA on `pipe.unet` for the captioned images in `data_dir`; save it to `out_dir` in both file
     layouts with a `lora.json` record, A1111's `.json` beside the kohya file and a `README.md` model card (licence
