@@ -376,19 +376,25 @@ class Runner:
 
 
 def measure_setting(inputs: BenchInputs, setting: Setting, device: torch.device, repeats: int = 1,
-                    baseline_images: torch.Tensor | None = None, compile_mode: str | None = None) -> tuple[dict, torch.Tensor]:
+                    baseline_images: torch.Tensor | None = None, compile_mode: str | None = None,
+                    after: Callable[[object], None] | None = None) -> tuple[dict, torch.Tensor]:
     """One configuration on its own: warm-up, then every prompt `repeats` times. Returns the row's figures and the
-    first pass's images (in [0, 1])."""
+    first pass's images (in [0, 1]). `after(pipe)` runs on the measured pipeline before it is freed (a compiled one
+    is compiled once)."""
     runner = Runner(inputs, setting, device, compile_mode)
-    runner.warm_up()
-    for rep in range(repeats):
-        for k in range(len(runner.chunks)):
-            runner.timed(k, keep=rep == 0)
-    out = runner.result(baseline_images)
-    runner.close()
-    if setting.compile:
-        _release(device, compiled=True)
-    return out
+    try:
+        runner.warm_up()
+        for rep in range(repeats):
+            for k in range(len(runner.chunks)):
+                runner.timed(k, keep=rep == 0)
+        out = runner.result(baseline_images)
+        if after is not None:
+            after(runner.pipe)
+        return out
+    finally:
+        runner.close()
+        if setting.compile:
+            _release(device, compiled=True)
 
 
 def _release(device: torch.device, compiled: bool = False) -> None:
@@ -594,14 +600,23 @@ def _timed_steps(step: Callable[[int], None], steps: int, warmup: int, device: t
 
 
 def distill_throughput(student, student_tok, teacher, teacher_tok, pairs, cfg, batch_size: int, steps: int,
-                       device: torch.device, bf16: bool = False, warmup: int = 1) -> dict:
-    """Distillation samples/s: a (Korean, English) pair per sample through the `sequence` objective — the frozen
-    teacher's forward on the English (online, no cached targets), the student's forward on both sides, the
-    backward and an AdamW step on the student."""
+                       device: torch.device, bf16: bool = False, warmup: int = 1, unet=None) -> dict:
+    """Distillation samples/s: a (Korean, English) pair per sample through `cfg.objective` — the frozen teacher's
+    forward on the English (online, no cached targets), the student's forward on both sides, the backward and an
+    AdamW step on the student. With `unet` (the unet stage), also the frozen UNet's prediction for both on a noisy
+    latent of its own size (gradient checkpointing as `cfg` sets it), the backward running through it."""
     from .distill import Distiller
 
     student = copy.deepcopy(student).to(device).train()
-    distiller = Distiller(cfg, student, student_tok, copy.deepcopy(teacher), teacher_tok).to(device)
+    stage = {}
+    if unet is not None:
+        unet = copy.deepcopy(unet)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        size = unet.config.sample_size
+        stage = {"unet": unet, "scheduler": sd15_noise_scheduler(), "latents": torch.randn(
+            64, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))}
+    distiller = Distiller(cfg, student, student_tok, copy.deepcopy(teacher), teacher_tok, **stage).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(0)
 
@@ -615,9 +630,13 @@ def distill_throughput(student, student_tok, teacher, teacher_tok, pairs, cfg, b
 
     with PeakMemory(device) as memory:
         seconds = _timed_steps(step, steps, warmup, device)
-    return {"what": "distillation (student fwd+bwd, online teacher fwd)", "objective": cfg.objective,
-            "precision": "bf16 autocast" if bf16 else "fp32", "batch": batch_size, "steps": steps,
-            "seconds_per_step": seconds, "samples_per_s": batch_size / seconds, "peak_mb": memory.mb}
+    out = {"what": "distillation (student fwd+bwd, online teacher fwd)", "objective": cfg.objective,
+           "precision": "bf16 autocast" if bf16 else "fp32", "batch": batch_size, "steps": steps,
+           "seconds_per_step": seconds, "samples_per_s": batch_size / seconds, "peak_mb": memory.mb}
+    if unet is not None:
+        out.update(what="unet-stage distillation (student fwd+bwd through the frozen UNet, online teacher)",
+                   latent_size=unet.config.sample_size, gradient_checkpointing=cfg.gradient_checkpointing)
+    return out
 
 
 def lora_throughput(unet, text_width: int, batch_size: int, steps: int, device: torch.device, bf16: bool = False,

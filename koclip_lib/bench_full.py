@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from .bench import (Runner, Setting, configure, device_name, dtype_unsupported, environment, fresh_pipeline,
+from .bench import (Setting, configure, device_name, distill_throughput, dtype_unsupported, environment, fresh_pipeline,
                     measure_setting, text_conditioning, text_conditioning_seconds, training_throughput, _release, _sync)
 from .bench_inputs import BenchInputs, full_random_inputs
 from .cli import CliParser, existing_path
@@ -238,27 +238,21 @@ def stage_split(inputs: BenchInputs, setting: Setting, device: torch.device) -> 
 def measure(inputs: BenchInputs, row: Row, device: torch.device, repeats: int, reference_images,
             compile_mode: str | None, guarded: bool = False) -> tuple[torch.Tensor | None, dict | None]:
     """Time `row` (warm-up, then every prompt `repeats` times) into `row.record`; its images must be finite. With
-    `guarded`, also its `probe`, on the same pipeline (a compiled one is compiled once). Returns (images, probe)."""
-    runner, images, probed = None, None, None
+    `guarded`, also its `probe`, on the pipeline just measured (a compiled one is compiled once). Returns (images,
+    probe)."""
+    probed = []
+    after = (lambda pipe: probed.append(probe(pipe, inputs, row.setting, device))) if guarded else None
     try:
-        runner = Runner(inputs, row.setting, device, compile_mode)
-        runner.warm_up()
-        for rep in range(repeats):
-            for k in range(len(runner.chunks)):
-                runner.timed(k, keep=rep == 0)
-        figures, images = runner.result(reference_images)
-        row.record.update(figures, status="measured")
-        if not torch.isfinite(images).all():
-            row.record.update(status="failed", reason="not finite: NaN or inf in the images")
-        elif guarded:
-            probed = probe(runner.pipe, inputs, row.setting, device)
+        figures, images = measure_setting(inputs, row.setting, device, repeats, reference_images, compile_mode, after)
     except Exception as err:  # a missing compiler, memory: reported, the others go on
         row.record.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
-    finally:
-        if runner is not None and hasattr(runner, "pipe"):
-            runner.close()
         _release(device, compiled=True)
-    return images, probed
+        return None, None
+    row.record.update(figures, status="measured")
+    if not torch.isfinite(images).all():
+        row.record.update(status="failed", reason="not finite: NaN or inf in the images")
+        return images, None
+    return images, (probed[0] if probed else None)
 
 
 def throughput_curve(inputs: BenchInputs, setting: Setting, device: torch.device, batches: list[int],
@@ -329,52 +323,15 @@ def ctranslate2_conditioning(inputs: BenchInputs, device: torch.device, prompts:
     return out
 
 
-def unet_stage_throughput(inputs: BenchInputs, device: torch.device, steps: int, bf16: bool, warmup: int = 1) -> dict:
-    """The unet stage's samples/s: the student's forward on Korean, the teacher's on English, the frozen UNet's
-    prediction for both on a noisy latent (gradient checkpointing as the profile sets it), the backward through the
-    UNet into the student and an AdamW step (`distill.unet_loss`), at the profile's unet-stage batch."""
-    import copy
-
-    from .bench import PeakMemory, _timed_steps
-    from .bench_inputs import sd15_noise_scheduler
-    from .distill import Distiller
-
-    cfg = replace(inputs.distill_config, objective="unet")
-    pipe, batch = inputs.pipe, inputs.unet_stage_batch
-    student = copy.deepcopy(pipe.text_encoder).to(device).train()
-    unet = copy.deepcopy(pipe.unet)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    size = unet.config.sample_size
-    latents = torch.randn(64, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
-    distiller = Distiller(cfg, student, pipe.tokenizer, copy.deepcopy(inputs.teacher[0]), inputs.teacher[1], unet=unet,
-                          latents=latents, scheduler=sd15_noise_scheduler()).to(device)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
-    gen = torch.Generator().manual_seed(0)
-
-    def step(i):
-        pairs = [inputs.pairs[(i * batch + k) % len(inputs.pairs)] for k in range(batch)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = distiller.loss("unet", [ko for ko, _ in pairs], [en for _, en in pairs], gen)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    with PeakMemory(device) as memory:
-        seconds = _timed_steps(step, steps, warmup, device)
-    return {"what": "unet-stage distillation (student fwd+bwd through the frozen UNet, online teacher)",
-            "precision": "bf16 autocast" if bf16 else "fp32", "batch": batch, "latent_size": size,
-            "gradient_checkpointing": cfg.gradient_checkpointing, "steps": steps, "seconds_per_step": seconds,
-            "samples_per_s": batch / seconds, "peak_mb": memory.mb}
-
-
 def training_rows(inputs: BenchInputs, device: torch.device, steps: int) -> list[dict]:
     """Distillation (sequence, then the unet stage) and LoRA training throughput, bf16 on a GPU that has it; the
     distillation rows with the hours one epoch of a 4 M-pair corpus would take."""
     rows = training_throughput(inputs, device, steps)
     for bf16 in ([False, True] if device.type == "cuda" and torch.cuda.is_bf16_supported() else [False]):
         try:
-            rows.append(unet_stage_throughput(inputs, device, steps, bf16))
+            rows.append(distill_throughput(inputs.pipe.text_encoder, inputs.pipe.tokenizer, *inputs.teacher, inputs.pairs,
+                                           replace(inputs.distill_config, objective="unet"), inputs.unet_stage_batch,
+                                           steps, device, bf16, unet=inputs.pipe.unet))
         except torch.OutOfMemoryError as err:
             rows.append({"what": "unet-stage distillation", "status": f"out of memory: {str(err)[:200]}"})
         _release(device)  # the copies trained above are gone with the call's frame
