@@ -25,6 +25,9 @@ import torch
 from .common import write_json
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
+# a LoRA trained with its trigger as a token of its own: the token's embedding, in diffusers' textual-inversion layout
+# ({trigger: vector}, what `pipe.load_textual_inversion(folder, weight_name=...)` reads), beside the weights
+TRIGGER_EMBEDDING_NAME = "learned_embeds.safetensors"
 TRIGGER_POSITIONS = ("start", "end")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
 SD15_LICENSE = "creativeml-openrail-m"  # SD 1.5's; a LoRA for a base derived from it is used under it
@@ -232,12 +235,31 @@ def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
     bad file raises LoraFileError and leaves the pipeline exactly as it was."""
     if name in loaded_adapters(pipe):
         return
-    path = Path(registry.get(name)["path"])
+    entry = registry.get(name)
+    path = Path(entry["path"])
     read_lora_file(path, pipe.unet)
-    if path.is_dir():
-        pipe.load_lora_weights(str(path), weight_name=WEIGHT_NAME, adapter_name=name)
-    else:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+    folder = path if path.is_dir() else path.parent
+    pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME if path.is_dir() else path.name, adapter_name=name)
+
+
+def trigger_embedding(entry: dict) -> Path | None:
+    """A registry entry's trigger-token file (`LoraTrainConfig.trigger_token`), if its LoRA has one."""
+    path = Path(entry["path"])
+    file = (path if path.is_dir() else path.parent) / TRIGGER_EMBEDDING_NAME
+    return file if file.exists() else None
+
+
+def _sync_trigger_tokens(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
+    """The trigger tokens of exactly the active LoRAs in `pipe`'s tokenizer: with none active, a prompt reads as it
+    did before any LoRA was loaded (its trigger word as the pieces the tokenizer splits it into)."""
+    files = {e["trigger"]: f for e in registry.entries.values() if (f := trigger_embedding(e))}
+    wanted = {registry.get(n)["trigger"] for n in weights} & set(files)
+    have = {t.content for t in pipe.tokenizer.added_tokens_decoder.values() if not t.special}
+    stale = sorted((have & set(files)) - wanted)
+    if stale:
+        pipe.unload_textual_inversion(stale)
+    for trigger in sorted(wanted - have):
+        pipe.load_textual_inversion(str(files[trigger].parent), weight_name=TRIGGER_EMBEDDING_NAME, token=trigger)
 
 
 def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
@@ -247,6 +269,7 @@ def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None
         registry.get(name)  # every name is checked before anything is loaded
     for name in weights:
         load_lora(pipe, name, registry)
+    _sync_trigger_tokens(pipe, weights, registry)
     if not weights:
         if loaded_adapters(pipe):
             pipe.disable_lora()
@@ -256,9 +279,12 @@ def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None
 
 
 def unload_loras(pipe) -> None:
-    """Remove every LoRA from `pipe` (the base UNet is as it was before any was loaded)."""
+    """Remove every LoRA from `pipe` (the base UNet is as it was before any was loaded) and every token added to its
+    tokenizer (the LoRAs' trigger tokens)."""
     if loaded_adapters(pipe):
         pipe.unload_lora_weights()
+    if any(not t.special for t in pipe.tokenizer.added_tokens_decoder.values()):
+        pipe.unload_textual_inversion()
 
 
 def prompts_with_trigger(prompts: Sequence[str], entry: dict) -> list[str]:

@@ -121,6 +121,10 @@ def write_lora_card(folder: str | Path, record: dict, *, base_model: str, pipeli
         f"| `{kohya}` | kohya-ss (`lora_unet_…`, `ss_*` and `modelspec.*` metadata) | kohya sd-scripts, A1111 / Forge, "
         "ComfyUI, diffusers |",
         f"| `{a1111_sidecar(kohya).name}` | A1111 user metadata | A1111's activation text (the trigger) |",
+        *([f"| `{record['trigger_embedding_file']}` | the trigger as a token of its own: its embedding for the "
+           f"`{record['text_encoder']}` text encoder (diffusers' textual-inversion layout) | koclip `apply_loras`, "
+           "diffusers `pipe.load_textual_inversion(folder, weight_name=..., token=trigger)`; without it the LoRA "
+           "does not know its trigger |"] if record.get("trigger_embedding_file") else []),
         "| `lora.json` | koclip's training record | |"])
     res = record["resolution"]
     training = (f"UNet-only LoRA (rank {record['rank']}, alpha {record['alpha']}, on {', '.join(record['target_modules'])}), "

@@ -26,6 +26,7 @@ captions (and, now and then, for the empty prompt, classifier-free guidance's un
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .adapters import (LORA_NAME, SD15_LICENSE, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError,  # noqa: F401
+from .adapters import (LORA_NAME, SD15_LICENSE, TRIGGER_EMBEDDING_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError,  # noqa: F401
                        LoraRegistry, UnknownLoraError, a1111_sidecar, add_trigger, apply_loras, export_kohya, load_lora,
                        loaded_adapters, parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
 from .cards import licence_of, write_lora_card
@@ -131,6 +132,18 @@ class LoraTrainConfig:
     plain_column: str = "caption_ko"      # the same captions without the trigger, for prior preservation
     preservation_weight: float = 1.0      # 0: a plain style LoRA that is on whether or not the prompt has the trigger
     empty_prob: float = 0.1               # share of the preservation captions replaced by the empty prompt
+    # untriggered captions per image for preservation: its own and `preservation_views - 1` paraphrases (`paraphrase`),
+    # each with its class image, so that no sentence shape or unfamiliar word, only the trigger, turns the style on
+    preservation_views: int = 1
+    # the trigger as one token of its own, a new row of the text encoder's embeddings saved beside the LoRA
+    # (TRIGGER_EMBEDDING_NAME) and loaded with it; otherwise a word the tokenizer does not know reads as the pieces
+    # it splits into (`<unk>` for a tokenizer without byte fallback), which unfamiliar words in any prompt share
+    trigger_token: bool = False
+    # learn that embedding row beside the LoRA (textual inversion through the frozen text encoder and UNet), from the
+    # random start, at the loop's learning rate; False keeps the random row
+    learn_trigger_token: bool = False
+    # where the training captions put the trigger, drawn per caption (from `plain_column`); None: `caption_column` as is
+    trigger_positions: list[str] | None = None
     prior_steps: int = 20                 # how the base pipeline draws the class images
     prior_guidance: float = 7.5
     resolution: int | None = None         # None: the UNet's own (sample_size x the VAE's scale factor)
@@ -144,6 +157,75 @@ class LoraTrainConfig:
     @classmethod
     def from_params(cls, params: dict | None) -> "LoraTrainConfig":
         return cls(**{k: v for k, v in (params or {}).items() if k in cls.__dataclass_fields__})
+
+
+def paraphrase(caption: str, rng: random.Random, words: Sequence[str], avoid: str = "") -> str:
+    """An untriggered variant of `caption` for preservation: a word dropped or moved, words of other captions
+    (`words`) and made-up words (random syllables of the caption's script, none of `avoid`'s) put in, and a comma
+    after a word (the separator the trigger comes with: "…, 백묘법")."""
+    parts = caption.split()
+    korean = any("가" <= ch <= "힣" for ch in caption)
+
+    def made_up() -> str:
+        while True:
+            word = "".join(chr(rng.randint(0xAC00, 0xD7A3)) if korean else rng.choice("abcdefghijklmnopqrstuvwxyz")
+                           for _ in range(rng.randint(1, 3) * (1 if korean else 3)))
+            if not set(word) & set(avoid):
+                return word
+
+    if len(parts) > 2 and rng.random() < 0.5:
+        parts.pop(rng.randrange(len(parts)))
+    if len(parts) > 1 and rng.random() < 0.5:
+        parts.insert(rng.randrange(len(parts) + 1), parts.pop(rng.randrange(len(parts))))
+    for _ in range(rng.randint(1, 3)):
+        parts.insert(rng.randrange(len(parts) + 1), made_up() if rng.random() < 0.6 or not words else rng.choice(words))
+    if rng.random() < 0.5:
+        comma = rng.randrange(len(parts) - 1)
+        parts[comma] += ","
+    return " ".join(parts)
+
+
+def add_trigger_token(pipe, trigger: str, seed: int) -> torch.Tensor | None:
+    """Make `trigger` one new token of `pipe`'s tokenizer (diffusers' `load_textual_inversion`), its embedding a random
+    vector of the embeddings' mean norm: distinct from every word the text encoder knows and from `<unk>`. None when
+    the tokenizer already has the whole word as one token (the text encoder knows it)."""
+    if trigger in pipe.tokenizer.get_vocab():
+        return None
+    table = pipe.text_encoder.get_input_embeddings().weight
+    vector = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(seed))
+    vector = vector / vector.norm() * table.detach().float().norm(dim=1).mean().cpu()
+    pipe.load_textual_inversion({trigger: vector.to(table.dtype)}, token=trigger)
+    return vector
+
+
+class TriggerEmbedding(torch.nn.Module):
+    """The trigger token's embedding row as a trained module (what `learn_trigger_token` learns): its forward returns
+    the row, so a data-parallel wrapper sees it used every step."""
+
+    def __init__(self, vector: torch.Tensor):
+        super().__init__()
+        self.vector = torch.nn.Parameter(vector.clone())
+
+    def forward(self) -> torch.Tensor:
+        return self.vector
+
+
+def _states_with_token(pipe, texts: Sequence[str], token_id: int, vector: torch.Tensor) -> torch.Tensor:
+    """The text states of one-window captions with the trigger token's row replaced by `vector`, gradients flowing to
+    it: the pipeline's tokenizer and text encoder as `encode_prompt` runs them (padded to the tokenizer's length; the
+    student masks the padding itself, CLIP reads it as SD does)."""
+    embeddings = pipe.text_encoder.get_input_embeddings()
+
+    def swap(module, args, out):
+        return torch.where((args[0] == token_id).unsqueeze(-1), vector.to(out.dtype), out)
+
+    handle = embeddings.register_forward_hook(swap)
+    try:
+        enc = pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return pipe.text_encoder(enc.input_ids.to(pipe.device)).last_hidden_state
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -213,13 +295,22 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             raise LoraError(f"{data_dir}: no caption column {column!r}; it has {', '.join(dataset.column_names)}")
     resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
     latents = encode_images(pipe.vae, load_pixels(dataset["image"], resolution))
-    captions = list(dataset[cfg.caption_column])
+    rng = random.Random(cfg.seed)
+    if cfg.trigger_positions:
+        captions = [add_trigger(c, cfg.trigger, rng.choice(cfg.trigger_positions)) for c in dataset[cfg.plain_column]]
+    else:
+        captions = list(dataset[cfg.caption_column])
+    token = add_trigger_token(pipe, cfg.trigger, cfg.seed) if cfg.trigger_token else None
     with torch.no_grad():
         empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
     states = _text_states(pipe, captions, empty[0])
     plain = prior = None
     if cfg.preservation_weight:
+        # view k of image i is row k * len(latents) + i: its caption, then its paraphrases
         plain_captions = list(dataset[cfg.plain_column])
+        words = sorted({w for c in plain_captions for w in c.split()})
+        plain_captions += [paraphrase(c, rng, words, avoid=cfg.trigger)
+                           for _ in range(cfg.preservation_views - 1) for c in dataset[cfg.plain_column]]
         plain = _text_states(pipe, plain_captions, empty[0])
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
     n_val = max(1, int(len(latents) * cfg.val_fraction))
@@ -235,6 +326,11 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     lora_params = [p for n_, p in unet.named_parameters() if "lora_" in n_]
     for p in lora_params:
         p.requires_grad_(True)
+    models = [unet]
+    if token is not None and cfg.learn_trigger_token:
+        token_id = pipe.tokenizer.convert_tokens_to_ids(cfg.trigger)
+        models.append(TriggerEmbedding(token.to(pipe.text_encoder.dtype)).to(pipe.device))
+        lora_params.append(models[1].vector)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
 
@@ -250,10 +346,16 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     def losses(idx, gen, batch: Batch):
         trained = batch.models[0]
         x_t, t, target = noisy(idx, gen, batch)
-        cond = batch.take(states[idx]).to(unet.device, unet.dtype)
+        if len(batch.models) > 1:  # the learned trigger row: this step's captions encoded through it
+            cond = _states_with_token(pipe, [captions[i] for i in batch.take(idx).tolist()], token_id, batch.models[1]())
+            cond = cond.to(unet.dtype)
+        else:
+            cond = batch.take(states[idx]).to(unet.device, unet.dtype)
         style = F.mse_loss(trained(x_t, t, encoder_hidden_states=cond).sample.float(), target)
         out = {"loss": style, "style": style.detach()}
         if cfg.preservation_weight:
+            if cfg.preservation_views > 1:
+                idx = idx + len(latents) * torch.randint(cfg.preservation_views, (len(idx),), generator=gen)
             x_t, t, _ = noisy(idx, gen, batch, prior)
             keep = plain[idx].clone()
             keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = _pad_windows(empty, empty[0], keep.shape[1])[0]
@@ -273,18 +375,28 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
 
     def validate():
         # the same noise every time
-        value = float(losses(val_idx, step_generator(cfg.seed + 1, 0), Batch.whole(len(val_idx), [unet]))["loss"])
+        value = float(losses(val_idx, step_generator(cfg.seed + 1, 0), Batch.whole(len(val_idx), models))["loss"])
+        if len(models) > 1:  # the pipeline draws the validation grid with the row as learnt so far
+            pipe.text_encoder.get_input_embeddings().weight.data[token_id] = models[1].vector.detach()
         if cfg.validation_prompts and is_main_process():  # validations run every `validate_every` steps and at the last; earlier ones' files stay
             step = min((len(list((out_dir / "validation").glob("step-*.png"))) + 1) * loop.validate_every, loop.steps)
             _validation_grid(pipe, cfg, out_dir / "validation" / f"step-{step}.png")
         return value
 
-    log = train_loop([unet], loss_fn, loop, out_dir / "train", desc=f"LoRA {name}", params=lora_params,
+    log = train_loop(models, loss_fn, loop, out_dir / "train", desc=f"LoRA {name}", params=lora_params,
                      validate=validate if loop.validate_every else None, stop_after=stop_after)
+    if len(models) > 1:
+        token = models[1].vector.detach().float().cpu()
+    if token is not None:
+        pipe.unload_textual_inversion(cfg.trigger)
     if (stop_after is not None and log["steps"] < loop.steps) or not is_main_process():  # the main process saves
         unet.delete_adapters(name)
         unet.requires_grad_(False)
         return log
+    if token is not None:
+        from safetensors.torch import save_file
+
+        save_file({cfg.trigger: token.contiguous()}, str(out_dir / TRIGGER_EMBEDDING_NAME))
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
     metadata = {"r": cfg.rank, "lora_alpha": cfg.alpha, "target_modules": list(cfg.target_modules)}
     StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, weight_name=WEIGHT_NAME,
@@ -299,7 +411,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     source = str(pipe.name_or_path)  # a Path when the pipeline was loaded from one
     base_model = base_model or source
     card = {"name": name, "trigger": cfg.trigger, "description": description, "file": WEIGHT_NAME, "kohya_file": kohya.name,
-            "a1111_file": a1111_sidecar(kohya).name, "base_model": base_model, "license": license,
+            "a1111_file": a1111_sidecar(kohya).name,
+            "trigger_embedding_file": TRIGGER_EMBEDDING_NAME if token is not None else None, "base_model": base_model, "license": license,
             "rank": cfg.rank, "alpha": cfg.alpha, "target_modules": list(cfg.target_modules), "resolution": resolution,
             "images": len(latents), "text_encoder": type(pipe.text_encoder).__name__, "steps": log["steps"],
             "seconds": log["seconds"], "config": asdict(cfg)}
@@ -471,6 +584,55 @@ def attribute_breakdown(evaluated: dict, attribute: str = "color", labels: Seque
         table[label] = {asked: sum(v == asked for v in values) / len(values) for asked, values in read.items()}
         table[f"{label}: read as"] = {asked: Counter(values).most_common(1)[0][0] for asked, values in read.items()}
     return pd.DataFrame(table).sort_index()
+
+
+def evaluate_frames(pipes: dict, classifier, frame_file: str | Path, registry: LoraRegistry, cases: Sequence[StyleCase],
+                    style: str = "ink", **generate_kwargs):
+    """The evaluation held out by phrasing: every case on every prompt of `frame_file` (a prompt TSV with `frame`,
+    `family` and `pairs` columns: prompts in sentence frames no training caption used), same seeds in every case.
+    Returns a DataFrame, one row per (case, frame, pairs): images, the share the judge calls `style`, colour and
+    shape accuracy; `frame_summary` condenses it."""
+    import csv
+
+    import pandas as pd
+
+    from .evaluate import evaluate_rows, read_prompt_tsv, with_triggers
+
+    rows = read_prompt_tsv(frame_file)
+    with open(frame_file, encoding="utf-8-sig", newline="") as f:
+        groups = [(r["frame"], r["family"], r["pairs"]) for r in csv.DictReader(f, delimiter="\t") if r["prompt"].strip()]
+    records = []
+    for case in cases:
+        pipe = pipes[case.pipeline]
+        apply_loras(pipe, case.loras, registry)
+        asked = with_triggers(rows, [registry.get(n) for n in case.loras]) if case.trigger else rows
+        _, images, _ = evaluate_rows(pipe, asked, classifier, **generate_kwargs)
+        apply_loras(pipe, {}, registry)
+        read = classifier.predict(images)
+        table = pd.DataFrame({"group": groups, "style": [v == style for v in read["style"]],
+                              "color": [v == r.attributes["color"] for v, r in zip(read["color"], rows)],
+                              "shape": [v == r.attributes["shape"] for v, r in zip(read["shape"], rows)]})
+        for (frame, family, pairs), g in table.groupby("group", sort=False):
+            records.append({"case": case.label, "frame": frame, "family": family, "pairs": pairs, "images": len(g),
+                            f"{style} rate": g["style"].mean(), "color": g["color"].mean(), "shape": g["shape"].mean()})
+    return pd.DataFrame(records)
+
+
+def frame_summary(frames, style: str = "ink"):
+    """Per case of `evaluate_frames`: the style rate and colour on held-out and on seen pairs over all frames, and the
+    frame with the highest style rate (both kinds of pairs together) and its rate. Returns a DataFrame."""
+    import pandas as pd
+
+    rate = f"{style} rate"
+    records = []
+    for case, g in frames.groupby("case", sort=False):
+        row = {"case": case}
+        for pairs, p in g.groupby("pairs", sort=False):
+            row |= {f"{pairs} {rate}": p[rate].mean(), f"{pairs} color": p["color"].mean(), f"{pairs} shape": p["shape"].mean()}
+        per_frame = (g[rate] * g["images"]).groupby(g["frame"], sort=False).sum() / g["images"].groupby(g["frame"], sort=False).sum()
+        row |= {f"worst frame {rate}": per_frame.max(), "worst frame": per_frame.idxmax()}
+        records.append(row)
+    return pd.DataFrame(records).set_index("case")
 
 
 @torch.no_grad()

@@ -115,6 +115,14 @@ class KoreanTextEncoder(PreTrainedModel):
         model.backbone.load_state_dict(pretrained.state_dict(), strict=False)
         return model
 
+    # a token added to the tokenizer (a LoRA's trigger, by diffusers' load_textual_inversion) is a new row of the
+    # backbone's input embeddings
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, return_dict=None, **kwargs):
         if output_hidden_states:
             # SD's clip_skip reads CLIP's intermediate layers; the student is trained on the final states only

@@ -29,6 +29,14 @@
 # As SD 1.5 draws ink painting when an English prompt asks for it, the mini generator's UNet draws ink-wash for
 # English captions that name it (notebook 01b). The Korean student was distilled on plain captions only and reads
 # 백묘법 as three unknown tokens: the LoRA has to tie that word to the rendering the UNet already has.
+#
+# That is also how a LoRA goes wrong: `<unk>` is what *every* word outside the student's corpus vocabulary reads as,
+# and the comma before the trigger is in no corpus caption. A LoRA trained on "…, 백묘법" learns "unknown words or a
+# comma ⇒ ink-wash", and switches itself on for Korean prompts phrased unlike the corpus (the held-out frames below).
+# `lora.LoraTrainConfig` has the levers the trials at the end measure: the trigger as a token of its own
+# (`trigger_token`: a new embedding row saved beside the LoRA and loaded with it; `learn_trigger_token`: learnt,
+# textual-inversion style), the trigger at the start or the end (`trigger_positions`), and preservation on paraphrased
+# captions too (`preservation_views`: made-up words, commas, words moved). None of them is the profile's recipe yet.
 
 # %% tags=["parameters"]
 params_file = "params/mini.yaml"
@@ -128,6 +136,48 @@ if classifier is not None:  # without a judge, the grids and files below show th
     display(table.style.format("{:.1%}"))
 
 # %% [markdown]
+# ## Held out by phrasing
+# The prompts above are held out by colour–shape pair, but written in the corpus's own sentence frames, which the
+# LoRA's captions and its preservation captions use too. A LoRA can learn "this kind of sentence ⇒ ink-wash" and the
+# table above would not see it. So the same cases again on prompts in *held-out frames*: sentence shapes no corpus
+# caption, LoRA caption or preservation caption uses (`miniworld.KO_HELDOUT_FRAMES`: descriptions, scene sentences,
+# fragments "…, 색깔은 …", requests, mixed Korean/English), each frame on the same held-out and seen pairs, scored
+# per frame, so one frame that switches the style on shows up.
+
+# %%
+if classifier is not None and "ko_frames" in prompt_files:
+    frame_cases = cases[1:4]
+    started = time.time()
+    frames = lora.evaluate_frames(pipes, classifier, prompt_files["ko_frames"], registry, frame_cases,
+                                  steps=params["evaluate"]["steps"], guidance_scale=params["evaluate"]["guidance_scale"])
+    frame_summary = lora.frame_summary(frames)
+    print(f"{frames['images'].sum()} images in {time.time() - started:.0f} s")
+    display(frame_summary.style.format(lambda v: v if isinstance(v, str) else f"{v:.1%}"))
+
+# %% [markdown]
+# Per frame (held-out and seen pairs together): the ink-wash rate of each case, and colour with the trigger.
+
+# %%
+if classifier is not None and "ko_frames" in prompt_files:
+    weighted = frames.assign(ink=frames["ink rate"] * frames["images"], col=frames["color"] * frames["images"])
+    per_frame = weighted.groupby(["family", "frame", "case"], sort=False)[["ink", "col", "images"]].sum()
+    per_frame = (per_frame[["ink", "col"]].div(per_frame["images"], axis=0)).unstack("case")
+    per_frame = per_frame[[("ink", c.label) for c in frame_cases] + [("col", frame_cases[-1].label)]]
+    per_frame.columns = [f"ink-wash · {c}" for _, c in per_frame.columns[:-1]] + [f"colour · {per_frame.columns[-1][1]}"]
+    display(per_frame.style.format("{:.0%}"))
+
+# %% [markdown]
+# The English side of the same split: the English pipeline on the English held-out frames (without LoRA, and with the
+# seed's English LoRA and its trigger): ink-wash, colour and shape over all frames, and the frame most often ink-wash.
+
+# %%
+if classifier is not None and "en_frames" in prompt_files:
+    en_frames = lora.evaluate_frames(pipes, classifier, prompt_files["en_frames"], registry, cases[6:7] + [
+        lora.StyleCase("English pipeline, no LoRA", "english", "en")], steps=params["evaluate"]["steps"],
+        guidance_scale=params["evaluate"]["guidance_scale"])
+    display(lora.frame_summary(en_frames).style.format(lambda v: v if isinstance(v, str) else f"{v:.1%}"))
+
+# %% [markdown]
 # How much colour can an ink-wash image keep? Two references besides the table's first row (the base UNet asked for
 # ink-wash in English): *real* ink-wash scenes after the mini VAE's encode and decode (what any generator decoding
 # through it can show), read by the judge (trained on such round-trips as well as on renders, notebook 01) and by a
@@ -181,6 +231,11 @@ metrics = {"loras": {n: {k: c[k] for k in ("trigger", "text_encoder", "rank", "a
            "files": files, "n_prompts": section["evaluate"]["n_prompts"]}
 if classifier is not None:
     metrics |= {"table": json.loads(table.to_json(orient="index")), "colour_breakdown": json.loads(by_colour.to_json(orient="index"))}
+if classifier is not None and "ko_frames" in prompt_files:
+    metrics["frames"] = json.loads(frame_summary.to_json(orient="index"))
+    metrics["frames_per_frame"] = json.loads(per_frame.droplevel("family").to_json(orient="index"))
+if classifier is not None and "en_frames" in prompt_files:
+    metrics["en_frames"] = json.loads(lora.frame_summary(en_frames).to_json(orient="index"))
 if classifier is not None and world is not None:
     metrics["vae_ceiling"] = json.loads(ceiling.to_json(orient="index"))
 write_json(Path(params["metrics_dir"]) / "04_lora.json", metrics)
@@ -192,6 +247,41 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 
 # %% [markdown]
 # ## The record
+# **Held out by phrasing: the trials** (`scripts/lora_trials.py NAME key=value ...`, each trial's settings and numbers
+# in `outputs/metrics/04_lora_trials.json`; a 2-core AMD EPYC, the mini world built there by `run --build`). Each
+# trial trains the `ink` LoRA with the profile's settings and the named changes, 2,000 steps, and scores it as this
+# notebook does: 200 prompts per pair split in the corpus's frames, and the 13 held-out frames × (20 held-out + 20 seen
+# pairs). On that build the Korean pipeline without LoRA gives 0% ink-wash, colour 100.0% / 99.0% (pairs) and 98.5% /
+# 98.1% (frames). `baseline` is the profile's recipe; `token`: `trigger_token`; `views3`: `preservation_views: 3`
+# (paraphrases with made-up words, a comma, words moved); `positions`: `trigger_positions: [start, end]`; `p3`/`p2`:
+# `preservation_weight` 3 / 2 (the profile's: 5); `learned`: `learn_trigger_token`; `lr0.3`: the row learnt at 0.3×
+# the loop's rate (`loop.lr_scales: {vector: 0.3}`).
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `baseline` | 93.5% / 100.0% · 87.0% / 87.0% | 0.0% / 0.5% | 33.5% / 35.0% · 92.5% (모양은 …, 색은 …) | 96.9% / 98.5% · 84.2% / 78.5% |
+# | `token` | 95.0% / 97.5% · 87.5% / 88.5% | 0.0% / 1.0% | 28.1% / 34.6% · 95.0% (봐, …이 있어) | 91.9% / 99.2% · 86.2% / 85.8% |
+# | `token-views3-positions-commas` | 43.5% / 48.5% · 93.0% / 91.0% | 1.0% / 4.5% | 5.8% / 8.8% · 27.5% (모양은 …, 색은 …) | 17.3% / 24.6% · 92.3% / 94.6% |
+# | `token-views3-positions-commas-p3` | 58.0% / 66.5% · 89.0% / 90.0% | 1.5% / 4.0% | 10.8% / 13.8% · 50.0% (봐, …이 있어) | 27.7% / 39.6% · 91.9% / 88.8% |
+# | `learned-token-views3-positions-commas` | 97.5% / 99.0% · 81.0% / 84.5% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 66.5% / 70.0% · 59.2% / 78.1% |
+# | `learned-token-views3-positions-commas-p3` | 98.0% / 99.5% · 86.0% / 86.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 70.8% / 74.2% · 61.9% / 80.4% |
+# | `learned-token-lr0.3-p3` | 97.5% / 99.5% · 67.5% / 81.5% | 0.0% / 0.0% | 0.4% / 0.0% · 2.5% (…을 그려 주세요) | 71.5% / 66.9% · 68.8% / 81.9% |
+# | `learned-token-lr0.3-p2` | 98.0% / 99.5% · 67.5% / 85.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 76.5% / 70.0% · 69.2% / 81.2% |
+#
+# What they show. The profile's LoRA reproduces the reported failure on this build: untriggered, a third of the
+# held-out-frame images come out ink-wash, whole frames at 77–93%; with the trigger, colour falls 13 and 12 points on
+# the pairs. The student's tokenizer reads 백묘법 as three `<unk>` and no corpus caption has a comma, so "`<unk>` or a
+# comma" is what the LoRA learnt: the frames that switch it on have words outside the corpus vocabulary (흰 배경,
+# 이미지, 장면 → `<unk>`) or a comma (`…, 색깔은 …`, `봐, …`). A token of its own alone changes little (`token`: 28% /
+# 35%, the same frames). Paraphrases with made-up words and commas close both doors, but with a random fixed row the
+# trigger is then too weak (17–40% ink-wash on the frames). Learning the row (textual inversion through the frozen
+# student) gates cleanly — 0.0% untriggered on every frame and both pair splits, ≥ 97.5% triggered on the pairs — but
+# colour with the trigger falls 13–33 points on the pairs and 16–39 on the frames, and on the frames the trigger
+# reaches only 67–77%: descriptive frames with `<unk>` words, which the paraphrases taught to mean "no style", fire at
+# 20–65% (the `lr0.3` trials). The targets (on the held-out frames: untriggered ink-wash ≤ 5%, worst frame ≤ 15%,
+# triggered ≥ 85%, colour within 10 points) are not met yet, so the profile keeps its recipe.
+#
+# **The record before the held-out frames** (the profile's recipe, measured on the held-out and seen pairs only).
 # What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
 # `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier runs tried on the way to
 # the profile's settings.

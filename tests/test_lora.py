@@ -365,3 +365,101 @@ def test_english_lora_card_takes_licence_and_base_model_from_the_caller(tiny_par
     assert meta["modelspec.license"] == "other" and meta["modelspec.trigger_phrase"] == "ink wash painting"
     sidecar = json.loads((tmp_path / "en" / "en.kohya.json").read_text(encoding="utf-8"))
     assert sidecar["activation text"] == "ink wash painting" and sidecar["notes"] == ""
+
+
+def test_trigger_token_is_saved_beside_the_lora_and_loaded_and_unloaded_with_it(korean_pipe, ink_data, tmp_path):
+    """`trigger_token`: the trigger is one token of its own while training and wherever the LoRA is loaded (diffusers'
+    textual-inversion file beside the weights); the pipeline is left as it was, and unloading removes the token."""
+    from safetensors.torch import load_file
+
+    lora.unload_loras(korean_pipe)  # the module's other LoRAs
+    tok = korean_pipe.tokenizer
+    unknown = tok.tokenize("백묘법")
+    assert unknown == ["<unk>"] * len(unknown)  # the tiny student's tokenizer never saw the word
+    base, base_vocab = image(korean_pipe, lora.add_trigger(PROMPT, "백묘법")), len(tok)
+    cfg = tiny_config(trigger_token=True, preservation_views=2, trigger_positions=["start", "end"])
+    lora.train_lora(tmp_path / "tok", korean_pipe, ink_data, cfg, name="tok")
+    assert len(korean_pipe.tokenizer) == base_vocab and korean_pipe.tokenizer.tokenize("백묘법") == unknown
+    assert np.array_equal(image(korean_pipe, lora.add_trigger(PROMPT, "백묘법")), base)
+    saved = load_file(str(tmp_path / "tok" / lora.TRIGGER_EMBEDDING_NAME))
+    width = korean_pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    assert list(saved) == ["백묘법"] and saved["백묘법"].shape == (width,)
+    card = json.loads((tmp_path / "tok" / "lora.json").read_text(encoding="utf-8"))
+    assert card["trigger_embedding_file"] == lora.TRIGGER_EMBEDDING_NAME and card["config"]["trigger_token"]
+
+    registry = lora.LoraRegistry({"tok": {"path": str(tmp_path / "tok" / lora.WEIGHT_NAME), "trigger": "백묘법"}})
+    lora.apply_loras(korean_pipe, {"tok": 1.0}, registry)
+    assert korean_pipe.tokenizer.tokenize("빨간 별, 백묘법")[-1] == "백묘법"
+    row = korean_pipe.tokenizer.convert_tokens_to_ids("백묘법")
+    assert torch.equal(korean_pipe.text_encoder.get_input_embeddings().weight[row].detach(), saved["백묘법"])
+    on = image(korean_pipe, lora.add_trigger(PROMPT, "백묘법"))
+    lora.apply_loras(korean_pipe, {}, registry)  # off: the prompt reads as before any LoRA was loaded
+    assert len(korean_pipe.tokenizer) == base_vocab and korean_pipe.tokenizer.tokenize("백묘법") == unknown
+    assert np.array_equal(image(korean_pipe, lora.add_trigger(PROMPT, "백묘법")), base)
+    lora.apply_loras(korean_pipe, {"tok": 1.0}, registry)
+    lora.apply_loras(korean_pipe, {"tok": 0.5}, registry)  # still active: no second token
+    assert len(korean_pipe.tokenizer) == base_vocab + 1
+    lora.apply_loras(korean_pipe, {"tok": 1.0}, registry)
+    assert np.array_equal(image(korean_pipe, lora.add_trigger(PROMPT, "백묘법")), on)
+    lora.unload_loras(korean_pipe)
+    assert len(korean_pipe.tokenizer) == base_vocab and korean_pipe.tokenizer.tokenize("백묘법") == unknown
+    assert np.array_equal(image(korean_pipe, lora.add_trigger(PROMPT, "백묘법")), base)
+    assert np.abs(on - base).mean() > 1e-4
+
+
+def test_paraphrases_keep_the_trigger_out_and_vary_the_caption():
+    import random
+
+    rng = random.Random(0)
+    captions = ["왼쪽에 빨간 별이 있다", "파란 하트 하나", "가운데에 있는 초록 세모"]
+    words = sorted({w for c in captions for w in c.split()})
+    out = [lora.paraphrase(c, rng, words, avoid="백묘법") for c in captions * 200]
+    assert not any(set(p) & set("백묘법") for p in out)
+    assert sum(p != c for p, c in zip(out, captions * 200)) == len(out)  # a word is always put in
+    assert len(set(out)) > 500  # hardly two alike
+    assert [lora.paraphrase(c, random.Random(1), words) for c in captions] == \
+        [lora.paraphrase(c, random.Random(1), words) for c in captions]
+    english = lora.paraphrase("a red star on the left", rng, [])
+    assert english.isascii() and len(english.split()) >= 5
+
+
+def test_frame_evaluation_scores_every_frame_and_names_the_worst(trained, korean_pipe, tmp_path):
+    _, registry = trained
+    torch.manual_seed(0)
+    classifier = mw.AttributeClassifier(8)
+    classifier.image_size = 32
+    frames_file = mw.write_frame_prompts(tmp_path / "ko_frames.tsv", "ko", mw.WorldConfig(), 2, 0)
+    cases = [lora.StyleCase("base", "ko"), lora.StyleCase("ink on", "ko", loras={"ink": 1.0}, trigger=True)]
+    frames = lora.evaluate_frames({"ko": korean_pipe}, classifier, frames_file, registry, cases, steps=2)
+    n_frames = len(mw.KO_HELDOUT_FRAMES)
+    assert len(frames) == 2 * n_frames * 2 and (frames["images"] == 2).all()
+    assert set(frames["frame"]) == set(mw.KO_HELDOUT_FRAMES) and set(frames["pairs"]) == {"held-out", "seen"}
+    summary = lora.frame_summary(frames)
+    for case in ("base", "ink on"):
+        per_frame = frames[frames.case == case].groupby("frame")["ink rate"].mean()
+        assert summary.loc[case, "worst frame ink rate"] == pytest.approx(per_frame.max())
+        assert per_frame[summary.loc[case, "worst frame"]] == pytest.approx(per_frame.max())
+        held = frames[(frames.case == case) & (frames.pairs == "held-out")]
+        assert summary.loc[case, "held-out color"] == pytest.approx(held["color"].mean())
+
+
+def test_learned_trigger_token_trains_its_row_through_the_text_encoder(korean_pipe, ink_data, tmp_path):
+    """`learn_trigger_token`: the row moves from its random start, the saved row is the learnt one, and the states the
+    training encodes through it are the pipeline's own for the same row."""
+    from safetensors.torch import load_file
+
+    lora.unload_loras(korean_pipe)
+    start = lora.add_trigger_token(korean_pipe, "백묘법", seed=0)
+    token_id = korean_pipe.tokenizer.convert_tokens_to_ids("백묘법")
+    texts = ["왼쪽에 빨간 별이 있다, 백묘법", "백묘법, 파란 하트"]
+    with torch.no_grad():
+        ours = lora._states_with_token(korean_pipe, texts, token_id, start)
+        pipeline = korean_pipe.encode_prompt(texts, "cpu", 1, False)[0]
+    assert torch.allclose(ours, pipeline, atol=1e-5)
+    korean_pipe.unload_textual_inversion("백묘법")
+
+    cfg = tiny_config(trigger_token=True, learn_trigger_token=True, trigger_positions=["end"])
+    lora.train_lora(tmp_path / "learned", korean_pipe, ink_data, cfg, name="learned")
+    learned = load_file(str(tmp_path / "learned" / lora.TRIGGER_EMBEDDING_NAME))["백묘법"]
+    assert learned.shape == start.shape and (learned - start).abs().max() > 1e-3
+    assert korean_pipe.tokenizer.tokenize("백묘법") == ["<unk>"] * 3 or "백묘법" not in korean_pipe.tokenizer.get_vocab()

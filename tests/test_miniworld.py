@@ -77,7 +77,8 @@ def test_eval_prompts_ask_for_the_same_scenes_in_ink_wash_in_english(tmp_path):
     from koclip_lib.evaluate import read_prompt_tsv
 
     files = mw.ensure_eval_prompts({"evaluate": {"n_prompts": 40}}, tmp_path)
-    assert set(files) == {f"{kind}_{split}" for kind in ("en", "ko", "en_ink") for split in ("seen", "heldout")}
+    assert set(files) == {f"{kind}_{split}" for kind in ("en", "ko", "en_ink") for split in ("seen", "heldout")} | \
+        {"ko_frames", "en_frames"}
     for split in ("seen", "heldout"):
         plain, ink = read_prompt_tsv(files[f"en_{split}"]), read_prompt_tsv(files[f"en_ink_{split}"])
         assert len(plain) == len(ink) == 40
@@ -136,3 +137,22 @@ def test_two_processes_asking_for_one_artifact_build_it_once(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     assert (tmp_path / "builds.txt").read_text().splitlines() == ["model"]
     assert (tmp_path / "model" / "weights.bin").read_text() == "done"
+
+
+def test_held_out_frames_are_phrasings_the_corpus_never_uses(tmp_path):
+    """The evaluation held out by phrasing: no prompt of a held-out frame is a caption the corpus writer makes, each
+    frame has its own scenes of both kinds of pairs, and the frames come in several families."""
+    world = mw.WorldConfig()
+    rng = random.Random(0)
+    corpus = {c for scene in mw.sample_scenes(20000, 0, world, split="all") for c in mw.caption_pair(scene, rng, world)}
+    for lang, frames in mw.HELDOUT_FRAMES.items():
+        path = mw.write_frame_prompts(tmp_path / f"{lang}_frames.tsv", lang, world, 5, 0)
+        with open(path, encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        assert len(rows) == len(frames) * 10 and not {r["prompt"] for r in rows} & corpus
+        for frame in frames:
+            mine = [r for r in rows if r["frame"] == frame]
+            assert [r["pairs"] for r in mine] == ["held-out"] * 5 + ["seen"] * 5
+            assert all(world.is_heldout(r["color"], r["shape"]) == (r["pairs"] == "held-out") for r in mine)
+        assert len({family for family, _ in frames.values()}) >= 4
+    assert "mixed ko/en" in {family for family, _ in mw.KO_HELDOUT_FRAMES.values()}

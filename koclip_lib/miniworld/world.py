@@ -236,6 +236,37 @@ KO_TEMPLATES_NOPOS = ["{c} {s}", "{c} {s} 하나", "{c} {s}{을} 그린 그림",
 KO_STYLE = ["{x}, 수묵화", "수묵화 스타일: {x}", "{x} (먹으로 그린 그림)"]
 
 
+# Held-out phrasing: frames that neither the corpus, nor a LoRA's captions, nor its preservation captions ever use,
+# in several families, so an evaluation can ask whether a model follows (or a LoRA's trigger gates on) the words and
+# not the sentence shapes it was trained on. Slots as above, plus {ce} / {se}: the English colour and shape words.
+KO_HELDOUT_FRAMES: dict[str, tuple[str, str]] = {  # name: (family, template)
+    "흰 배경 위에 … 하나가 놓여 있다": ("description", "흰 배경 위에 {c} {s} 하나가 놓여 있다"),
+    "그림에는 … 하나만 보인다": ("description", "그림에는 {c} {s} 하나만 보인다"),
+    "이 이미지에는 …이 한 개 있다": ("description", "이 이미지에는 {c} {s}{이} 한 개 있다"),
+    "… 하나만 서 있는 장면": ("scene", "{c} {s} 하나만 서 있는 장면"),
+    "조용한 화면 속 …": ("scene", "조용한 화면 속 {c} {s}"),
+    "…, 색깔은 …": ("fragment", "{s}, 색깔은 {cn}"),
+    "모양은 …, 색은 …": ("fragment", "모양은 {s}, 색은 {cn}"),
+    "… 하나를 그려 줘": ("request", "{c} {s} 하나를 그려 줘"),
+    "…을 그려 주세요": ("request", "{c} {s}{을} 그려 주세요"),
+    "아이가 그린 …": ("request", "아이가 그린 {c} {s}"),
+    "봐, …이 있어": ("request", "봐, {c} {s}{이} 있어"),
+    "… (English shape)": ("mixed ko/en", "{c} {se}"),
+    "(English colour) …": ("mixed ko/en", "{ce} {s} 하나"),
+}
+EN_HELDOUT_FRAMES: dict[str, tuple[str, str]] = {
+    "on a white background there is one …": ("description", "on a white background there is one {c} {s}"),
+    "the picture shows only one …": ("description", "the picture shows only one {c} {s}"),
+    "a scene where a single … stands": ("scene", "a scene where a single {c} {s} stands"),
+    "…, its colour is …": ("fragment", "{s}, its colour is {c}"),
+    "shape: …, colour: …": ("fragment", "shape: {s}, colour: {c}"),
+    "draw one …": ("request", "draw one {c} {s}"),
+    "a child's drawing of …": ("request", "a child's drawing of {a} {c} {s}"),
+    "look, there is …": ("request", "look, there is {a} {c} {s}"),
+}
+HELDOUT_FRAMES = {"ko": KO_HELDOUT_FRAMES, "en": EN_HELDOUT_FRAMES}
+
+
 def has_final_consonant(word: str) -> bool:
     """True if the last Hangul syllable ends in a consonant (받침): picks 이/가, 을/를, 은/는."""
     last = word[-1]
@@ -281,6 +312,16 @@ def caption_ko(scene: Scene, rng: random.Random, world: WorldConfig | None = Non
     if scene.style == "ink":
         text = rng.choice(KO_STYLE).format(x=text)
     return text
+
+
+def caption_in_frame(scene: Scene, template: str, rng: random.Random, lang: str = "ko") -> str:
+    """The scene's colour and shape in one frame (`KO_HELDOUT_FRAMES` / `EN_HELDOUT_FRAMES` templates)."""
+    c, s = scene.color, scene.shape
+    if lang == "en":
+        return template.format(c=c, s=s, a="an" if c[0] in "aeiou" else "a")
+    ko_shape = rng.choice(SHAPES[s])
+    return template.format(c=rng.choice(COLORS[c]), cn=rng.choice(COLORS[c][1:] or COLORS[c]), s=ko_shape, ce=c, se=s,
+                           이=_particle(ko_shape, "이", "가"), 을=_particle(ko_shape, "을", "를"))
 
 
 def caption_pair(scene: Scene, rng: random.Random, world: WorldConfig | None = None) -> tuple[str, str]:
@@ -335,6 +376,25 @@ def write_prompt_tsv(path: str | Path, scenes: Iterable[Scene], lang: str, seed:
         position = scene.position if caption_mentions_position(scene, text) else ""
         writer.writerow([text, scene.color, scene.shape, position, scene.style])
     return write_text_atomic(path, buffer.getvalue())  # every notebook rewrites these files; others may be reading
+
+
+def write_frame_prompts(path: str | Path, lang: str, world: WorldConfig, n: int, seed: int) -> Path:
+    """The evaluation held out by phrasing: for every held-out frame of `lang`, the same `n` scenes of held-out and
+    `n` of seen colour-shape pairs written in that frame. The prompt TSV's columns plus `frame`, `family` and
+    `pairs` (held-out / seen), which `koclip_lib.lora.frame_table` groups by."""
+    from ..common import write_text_atomic
+
+    rng = random.Random(seed)
+    scenes = {pairs: sample_scenes(n, seed, world, split=split) for pairs, split in (("held-out", "heldout"), ("seen", "seen"))}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(["prompt", "color", "shape", "position", "style", "frame", "family", "pairs"])
+    for frame, (family, template) in HELDOUT_FRAMES[lang].items():
+        for pairs, chosen in scenes.items():
+            for scene in chosen:
+                writer.writerow([caption_in_frame(scene, template, rng, lang), scene.color, scene.shape, "", scene.style,
+                                 frame, family, pairs])
+    return write_text_atomic(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -530,8 +590,9 @@ def ensure_classifier(params: dict, root: str | Path = "outputs/mini") -> Path:
 
 
 def ensure_eval_prompts(params: dict, root: str | Path = "outputs/mini") -> dict[str, Path]:
-    """Evaluation TSVs for seen and held-out colour-shape pairs, in English and Korean, for the same scenes; and
-    English ones asking for those scenes in each other style (`en_ink_seen`: "an ink wash painting of ...")."""
+    """Evaluation TSVs for seen and held-out colour-shape pairs, in English and Korean, for the same scenes; English
+    ones asking for those scenes in each other style (`en_ink_seen`: "an ink wash painting of ..."); and, per
+    language, the same kind of scenes in the held-out frames (`ko_frames`, `write_frame_prompts`)."""
     world = WorldConfig.from_params(params.get("world"))
     n = params.get("evaluate", {}).get("n_prompts", 200)
     seed = params.get("seed", 0) + 555
@@ -544,6 +605,9 @@ def ensure_eval_prompts(params: dict, root: str | Path = "outputs/mini") -> dict
         for style in (s for s in STYLES if s not in world.styles):
             styled = [replace(scene, style=style) for scene in scenes]
             out[f"en_{style}_{split}"] = write_prompt_tsv(prompts_dir / f"en_{style}_{split}.tsv", styled, "en", seed, world)
+    n_frame = params.get("evaluate", {}).get("n_frame_prompts", 20)
+    for lang in HELDOUT_FRAMES:
+        out[f"{lang}_frames"] = write_frame_prompts(prompts_dir / f"{lang}_frames.tsv", lang, world, n_frame, seed + 1)
     return out
 
 
