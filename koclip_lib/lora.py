@@ -521,9 +521,15 @@ class StyleCase:
 
 def _case_rows(case: StyleCase, prompt_files: dict, registry: LoraRegistry, split: str, n_prompts: int):
     """The first `n_prompts` prompts of one split ("held-out" or "seen") in the case's language, triggered if it says so."""
-    from .evaluate import PromptRow, read_prompt_tsv, with_triggers
+    from .evaluate import read_prompt_tsv
 
-    rows = read_prompt_tsv(prompt_files[f"{case.language}_{split.replace('-', '')}"])[:n_prompts]
+    return _as_asked(case, read_prompt_tsv(prompt_files[f"{case.language}_{split.replace('-', '')}"])[:n_prompts], registry)
+
+
+def _as_asked(case: StyleCase, rows, registry: LoraRegistry):
+    """The rows as the case asks: with its LoRAs' triggers (or its own `trigger_text`) added when it says so."""
+    from .evaluate import PromptRow, with_triggers
+
     if case.trigger and case.trigger_text:
         return [PromptRow(add_trigger(r.prompt, case.trigger_text), r.attributes, r.line) for r in rows]
     if case.trigger:
@@ -596,7 +602,7 @@ def evaluate_frames(pipes: dict, classifier, frame_file: str | Path, registry: L
 
     import pandas as pd
 
-    from .evaluate import evaluate_rows, read_prompt_tsv, with_triggers
+    from .evaluate import evaluate_rows, read_prompt_tsv
 
     rows = read_prompt_tsv(frame_file)
     with open(frame_file, encoding="utf-8-sig", newline="") as f:
@@ -605,8 +611,7 @@ def evaluate_frames(pipes: dict, classifier, frame_file: str | Path, registry: L
     for case in cases:
         pipe = pipes[case.pipeline]
         apply_loras(pipe, case.loras, registry)
-        asked = with_triggers(rows, [registry.get(n) for n in case.loras]) if case.trigger else rows
-        _, images, _ = evaluate_rows(pipe, asked, classifier, **generate_kwargs)
+        _, images, _ = evaluate_rows(pipe, _as_asked(case, rows, registry), classifier, **generate_kwargs)
         apply_loras(pipe, {}, registry)
         read = classifier.predict(images)
         table = pd.DataFrame({"group": groups, "style": [v == style for v in read["style"]],
