@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command to run on a GPU machine with no network: the full-size speed study (koclip_lib.bench_full).
-#   bash scripts/device_bench.sh                 # on the GPU: installs the carried wheels, a 20-second smoke test,
+#   bash scripts/device_bench.sh [ARGS...]       # on the GPU: installs the carried wheels, a 20-second smoke test,
 #                                                #   then the benchmark under a time budget; results in $OUT
+#                                                #   (ARGS go to koclip_lib.bench_full, e.g. --prompts 4)
 #   DRY_RUN=1 bash scripts/device_bench.sh       # the same steps at toy size on the CPU (CI runs this; under 2 minutes)
 # Wheels: `make wheelhouse` fills .whl/ here (git-ignored) with what the GPU image lacks; carry it with the tree.
 # Output: $OUT/full-<gpu>.{json,md}, rewritten after every row (a run cut short keeps what it measured), and
@@ -27,11 +28,11 @@ fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
   DEVICE=cpu
-  ARGS=(--device cpu --scale 0.05 --resolution 64 --prompts 2 --batches 1,2 --no-compile --train-steps 1 --stem dryrun-cpu)
+  ARGS=(--device cpu --scale 0.05 --resolution 64 --prompts 2 --batches 1,2 --no-compile --train-steps 1 --stem dryrun-cpu "$@")
   BUDGET_S=${BUDGET_S:-90}
 else
   DEVICE=cuda
-  ARGS=()
+  ARGS=("$@")
   BUDGET_S=${BUDGET_S:-330}
 fi
 

@@ -96,7 +96,7 @@ def test_a_row_giving_nan_or_another_result_is_refused_and_not_stacked(toy_input
     assert rows["prompt-embedding cache"]["guard"]["passed"]
     stacked = next(r for r in rows.values() if r["kind"] == "stacked")
     assert stacked["setting"]["cache"] and not stacked["setting"]["channels_last"] and not stacked["setting"]["fused_qkv"]
-    assert stacked["guard"]["passed"]
+    assert stacked["guard"]["passed"] and stacked["same_as"] == "prompt-embedding cache"  # one axis: that row's figures
     assert set(record["summary"]["refused_by_guard"]) == {"fused QKV projections"}
     assert "REFUSED" in (tmp_path / "faults.md").read_text(encoding="utf-8")
 
