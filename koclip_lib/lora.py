@@ -142,8 +142,20 @@ class LoraTrainConfig:
     # learn that embedding row beside the LoRA (textual inversion through the frozen text encoder and UNet), from the
     # random start, at the loop's learning rate; False keeps the random row
     learn_trigger_token: bool = False
+    # hold the learnt row at its start's norm (the embeddings' mean), learning only its direction
+    trigger_token_fixed_norm: bool = False
     # where the training captions put the trigger, drawn per caption (from `plain_column`); None: `caption_column` as is
     trigger_positions: list[str] | None = None
+    # triggered captions per image: its own and `trigger_views - 1` paraphrases (`paraphrase`) with the trigger put in
+    # (at a position of `trigger_positions`, else the end): the style follows the trigger in any sentence, and with
+    # `preservation_views` the same kinds of sentences without the trigger keep the base's image
+    trigger_views: int = 1
+    # the style named in English as the base checkpoint knows it, a template for the `caption_en` column (e.g.
+    # "{}, ink wash style"): the base UNet's prediction for it, read through the base's own text encoder, is a second
+    # target for the triggered captions, weighted `style_prompt_weight` (distillation through the frozen UNet): the
+    # LoRA learns the base's own rendering of the style, colours as the caption names them. None: images alone
+    style_prompt_en: str | None = None
+    style_prompt_weight: float = 1.0
     prior_steps: int = 20                 # how the base pipeline draws the class images
     prior_guidance: float = 7.5
     resolution: int | None = None         # None: the UNet's own (sample_size x the VAE's scale factor)
@@ -159,10 +171,11 @@ class LoraTrainConfig:
         return cls(**{k: v for k, v in (params or {}).items() if k in cls.__dataclass_fields__})
 
 
-def paraphrase(caption: str, rng: random.Random, words: Sequence[str], avoid: str = "") -> str:
-    """An untriggered variant of `caption` for preservation: a word dropped or moved, words of other captions
-    (`words`) and made-up words (random syllables of the caption's script, none of `avoid`'s) put in, and a comma
-    after a word (the separator the trigger comes with: "…, 백묘법")."""
+def paraphrase(caption: str, rng: random.Random, words: Sequence[str], avoid: str = "", keep_words: bool = False) -> str:
+    """A variant of `caption`: a word dropped or moved, words of other captions (`words`) and made-up words (random
+    syllables of the caption's script, none of `avoid`'s) put in, and a comma after a word (the separator the trigger
+    comes with: "…, 백묘법"). `keep_words`: no word dropped and no other caption's word put in, so the variant still
+    names exactly what the caption's image shows (a triggered view trained on that image)."""
     parts = caption.split()
     korean = any("가" <= ch <= "힣" for ch in caption)
 
@@ -173,12 +186,13 @@ def paraphrase(caption: str, rng: random.Random, words: Sequence[str], avoid: st
             if not set(word) & set(avoid):
                 return word
 
-    if len(parts) > 2 and rng.random() < 0.5:
+    if len(parts) > 2 and rng.random() < 0.5 and not keep_words:
         parts.pop(rng.randrange(len(parts)))
     if len(parts) > 1 and rng.random() < 0.5:
         parts.insert(rng.randrange(len(parts) + 1), parts.pop(rng.randrange(len(parts))))
     for _ in range(rng.randint(1, 3)):
-        parts.insert(rng.randrange(len(parts) + 1), made_up() if rng.random() < 0.6 or not words else rng.choice(words))
+        parts.insert(rng.randrange(len(parts) + 1),
+                     made_up() if rng.random() < 0.6 or not words or keep_words else rng.choice(words))
     if rng.random() < 0.5:
         comma = rng.randrange(len(parts) - 1)
         parts[comma] += ","
@@ -202,12 +216,13 @@ class TriggerEmbedding(torch.nn.Module):
     """The trigger token's embedding row as a trained module (what `learn_trigger_token` learns): its forward returns
     the row, so a data-parallel wrapper sees it used every step."""
 
-    def __init__(self, vector: torch.Tensor):
+    def __init__(self, vector: torch.Tensor, norm: float | None = None):
         super().__init__()
         self.vector = torch.nn.Parameter(vector.clone())
+        self.norm = norm  # None: the row's norm is learnt too
 
     def forward(self) -> torch.Tensor:
-        return self.vector
+        return self.vector if self.norm is None else self.vector * (self.norm / self.vector.norm())
 
 
 def _states_with_token(pipe, texts: Sequence[str], token_id: int, vector: torch.Tensor) -> torch.Tensor:
@@ -271,11 +286,12 @@ def _noise_scheduler(pipe):
 
 def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainConfig, name: str = "lora",
                description: str = "", stop_after: int | None = None, license: str = SD15_LICENSE,
-               base_model: str | None = None) -> dict:
+               base_model: str | None = None, base_pipe=None) -> dict:
     """Train a LoRA on `pipe.unet` for the captioned images in `data_dir`; save it to `out_dir` in both file
     layouts with a `lora.json` record, A1111's `.json` beside the kohya file and a `README.md` model card (licence
     `license`, SD 1.5's by default; `base_model` default: where `pipe` was loaded from); leave `pipe` as it was.
     Resumes from `out_dir/train/checkpoints` when interrupted (`stop_after` interrupts on purpose, for tests).
+    `base_pipe`: the base checkpoint's own pipeline, whose text encoder reads `cfg.style_prompt_en` (needed only then).
     Returns the training record. (Not LoraTrainConfig fields: the card changes no weights, so no cache key.)"""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -300,10 +316,25 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         captions = [add_trigger(c, cfg.trigger, rng.choice(cfg.trigger_positions)) for c in dataset[cfg.plain_column]]
     else:
         captions = list(dataset[cfg.caption_column])
+    if cfg.trigger_views > 1:
+        # view k of image i is row k * len(latents) + i: its caption, then its paraphrases with the trigger
+        plain_source = list(dataset[cfg.plain_column])
+        words = sorted({w for c in plain_source for w in c.split()})
+        captions += [add_trigger(paraphrase(c, rng, words, avoid=cfg.trigger, keep_words=True), cfg.trigger,
+                                 rng.choice(cfg.trigger_positions or ["end"]))
+                     for _ in range(cfg.trigger_views - 1) for c in plain_source]
     token = add_trigger_token(pipe, cfg.trigger, cfg.seed) if cfg.trigger_token else None
     with torch.no_grad():
         empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
     states = _text_states(pipe, captions, empty[0])
+    style_states = None
+    if cfg.style_prompt_en:
+        if base_pipe is None or "caption_en" not in dataset.column_names:
+            raise LoraError(f"style_prompt_en needs the base pipeline and a caption_en column ({data_dir} has "
+                            f"{', '.join(dataset.column_names)})")
+        with torch.no_grad():
+            base_empty = base_pipe.encode_prompt("-", base_pipe.device, 1, True, negative_prompt="")[1].cpu()
+        style_states = _text_states(base_pipe, [cfg.style_prompt_en.format(c) for c in dataset["caption_en"]], base_empty[0])
     plain = prior = None
     if cfg.preservation_weight:
         # view k of image i is row k * len(latents) + i: its caption, then its paraphrases
@@ -329,7 +360,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     models = [unet]
     if token is not None and cfg.learn_trigger_token:
         token_id = pipe.tokenizer.convert_tokens_to_ids(cfg.trigger)
-        models.append(TriggerEmbedding(token.to(pipe.text_encoder.dtype)).to(pipe.device))
+        norm = float(token.norm()) if cfg.trigger_token_fixed_norm else None  # add_trigger_token's: the mean norm
+        models.append(TriggerEmbedding(token.to(pipe.text_encoder.dtype), norm).to(pipe.device))
         lora_params.append(models[1].vector)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -346,13 +378,25 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     def losses(idx, gen, batch: Batch):
         trained = batch.models[0]
         x_t, t, target = noisy(idx, gen, batch)
+        rows = idx  # the caption view of each image
+        if cfg.trigger_views > 1:
+            rows = idx + len(latents) * torch.randint(cfg.trigger_views, (len(idx),), generator=gen)
         if len(batch.models) > 1:  # the learned trigger row: this step's captions encoded through it
-            cond = _states_with_token(pipe, [captions[i] for i in batch.take(idx).tolist()], token_id, batch.models[1]())
+            cond = _states_with_token(pipe, [captions[i] for i in batch.take(rows).tolist()], token_id, batch.models[1]())
             cond = cond.to(unet.dtype)
         else:
-            cond = batch.take(states[idx]).to(unet.device, unet.dtype)
-        style = F.mse_loss(trained(x_t, t, encoder_hidden_states=cond).sample.float(), target)
+            cond = batch.take(states[rows]).to(unet.device, unet.dtype)
+        predicted = trained(x_t, t, encoder_hidden_states=cond).sample.float()
+        style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
+        if style_states is not None:  # the base UNet's own rendering of the style named in English
+            with torch.no_grad():
+                unet.disable_adapters()
+                named = unet(x_t, t, encoder_hidden_states=batch.take(style_states[idx]).to(unet.device, unet.dtype)).sample.float()
+                unet.enable_adapters()
+            follow = F.mse_loss(predicted, named)
+            out["loss"] = style + cfg.style_prompt_weight * follow
+            out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
             if cfg.preservation_views > 1:
                 idx = idx + len(latents) * torch.randint(cfg.preservation_views, (len(idx),), generator=gen)
@@ -365,7 +409,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
                 base = unet(x_t, t, encoder_hidden_states=keep).sample.float()
                 unet.enable_adapters()
             kept = F.mse_loss(trained(x_t, t, encoder_hidden_states=keep).sample.float(), base)
-            out["loss"] = style + cfg.preservation_weight * kept
+            out["loss"] = out["loss"] + cfg.preservation_weight * kept
             out["prior"] = kept.detach()
         return out
 
@@ -377,7 +421,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         # the same noise every time
         value = float(losses(val_idx, step_generator(cfg.seed + 1, 0), Batch.whole(len(val_idx), models))["loss"])
         if len(models) > 1:  # the pipeline draws the validation grid with the row as learnt so far
-            pipe.text_encoder.get_input_embeddings().weight.data[token_id] = models[1].vector.detach()
+            pipe.text_encoder.get_input_embeddings().weight.data[token_id] = models[1]().detach()
         if cfg.validation_prompts and is_main_process():  # validations run every `validate_every` steps and at the last; earlier ones' files stay
             step = min((len(list((out_dir / "validation").glob("step-*.png"))) + 1) * loop.validate_every, loop.steps)
             _validation_grid(pipe, cfg, out_dir / "validation" / f"step-{step}.png")
@@ -386,7 +430,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     log = train_loop(models, loss_fn, loop, out_dir / "train", desc=f"LoRA {name}", params=lora_params,
                      validate=validate if loop.validate_every else None, stop_after=stop_after)
     if len(models) > 1:
-        token = models[1].vector.detach().float().cpu()
+        token = models[1]().detach().float().cpu()
     if token is not None:
         pipe.unload_textual_inversion(cfg.trigger)
     if (stop_after is not None and log["steps"] < loop.steps) or not is_main_process():  # the main process saves
@@ -493,8 +537,9 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
             else:
                 pipe = load_pipeline(sd, device=device)
             base = sd.name or sd.path
+            base_pipe = (pipe if encoder != "student" else load_pipeline(sd, device=device)) if cfg.style_prompt_en else None
             train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""),
-                       license=licence_of(base, licenses), base_model=base)
+                       license=licence_of(base, licenses), base_model=base, base_pipe=base_pipe)
 
         folder = cached_artifact(root / "loras" / name, key, build, every_process=True)
         registry.add(name, folder / WEIGHT_NAME, trigger=cfg.trigger, description=adapter.get("description", ""),

@@ -255,7 +255,15 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # 98.1% (frames). `baseline` is the profile's recipe; `token`: `trigger_token`; `views3`: `preservation_views: 3`
 # (paraphrases with made-up words, a comma, words moved); `positions`: `trigger_positions: [start, end]`; `p3`/`p2`:
 # `preservation_weight` 3 / 2 (the profile's: 5); `learned`: `learn_trigger_token`; `lr0.3`: the row learnt at 0.3×
-# the loop's rate (`loop.lr_scales: {vector: 0.3}`).
+# the loop's rate (`loop.lr_scales: {vector: 0.3}`); `norm`: `trigger_token_fixed_norm` (only the row's direction
+# learnt); `ti-only`: the LoRA frozen at zero (`lr_scales` 0 on the UNet's blocks, no preservation), the row alone;
+# `tviews3`: `trigger_views: 3` (the triggered captions paraphrased too, trigger at the start or the end; in these
+# trials a word could still be dropped or another caption's word put in), `tviews3kept`: the same with every word of
+# the caption kept (`paraphrase(keep_words=True)`, as the code now does); `named`: `style_prompt_en: "{}, ink wash
+# style"` (the base UNet's prediction for the English caption naming the style is a second target, weight 1;
+# `named3`: weight 3); `r4`: rank and alpha 4 (the profile's: 16); `kv`: the LoRA on the cross-attention's key and value
+# projections only. The trials from `tviews3` on run with `trigger_positions: [start, end]` and the profile's
+# preservation weight 5.
 #
 # | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
 # |---|---|---|---|---|
@@ -267,6 +275,15 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # | `learned-token-views3-positions-commas-p3` | 98.0% / 99.5% · 86.0% / 86.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 70.8% / 74.2% · 61.9% / 80.4% |
 # | `learned-token-lr0.3-p3` | 97.5% / 99.5% · 67.5% / 81.5% | 0.0% / 0.0% | 0.4% / 0.0% · 2.5% (…을 그려 주세요) | 71.5% / 66.9% · 68.8% / 81.9% |
 # | `learned-token-lr0.3-p2` | 98.0% / 99.5% · 67.5% / 85.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 76.5% / 70.0% · 69.2% / 81.2% |
+# | `learned-token-views3-tviews3` | 100.0% / 100.0% · 62.5% / 79.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 100.0% / 96.9% · 64.2% / 72.3% |
+# | `learned-token-norm-views3-tviews3` | 98.5% / 99.0% · 49.0% / 55.5% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 87.7% / 81.5% · 44.2% / 59.2% |
+# | `ti-only-tviews3` | 10.0% / 8.0% · 48.0% / 47.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 1.5% / 9.2% · 59.6% / 58.8% |
+# | `token-views3-tviews3-named` | 65.5% / 60.0% · 83.5% / 81.5% | 2.0% / 3.5% | 13.8% / 14.2% · 42.5% (흰 배경 위에 … 하나가 놓여 있다) | 59.2% / 58.5% · 85.0% / 81.9% |
+# | `learned-token-views3-tviews3-named` | 100.0% / 100.0% · 69.5% / 84.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 100.0% / 99.2% · 67.7% / 81.2% |
+# | `learned-token-views3-tviews3kept-named` | 99.5% / 100.0% · 81.0% / 87.5% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 99.6% / 97.7% · 77.7% / 88.8% |
+# | `learned-token-views3-tviews3kept-named3` | 100.0% / 100.0% · 81.0% / 87.5% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 100.0% / 98.8% · 80.4% / 85.8% |
+# | `learned-token-views3-tviews3kept-named-r4` | 99.5% / 99.5% · 78.0% / 79.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 100.0% / 96.9% · 67.7% / 76.5% |
+# | `learned-token-views3-tviews3kept-named-kv` | 99.5% / 97.0% · 52.5% / 60.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% (흰 배경 위에 … 하나가 놓여 있다) | 96.2% / 94.2% · 55.8% / 68.1% |
 #
 # What they show. The profile's LoRA reproduces the reported failure on this build: untriggered, a third of the
 # held-out-frame images come out ink-wash, whole frames at 77–93%; with the trigger, colour falls 13 and 12 points on
@@ -278,8 +295,21 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # student) gates cleanly — 0.0% untriggered on every frame and both pair splits, ≥ 97.5% triggered on the pairs — but
 # colour with the trigger falls 13–33 points on the pairs and 16–39 on the frames, and on the frames the trigger
 # reaches only 67–77%: descriptive frames with `<unk>` words, which the paraphrases taught to mean "no style", fire at
-# 20–65% (the `lr0.3` trials). The targets (on the held-out frames: untriggered ink-wash ≤ 5%, worst frame ≤ 15%,
-# triggered ≥ 85%, colour within 10 points) are not met yet, so the profile keeps its recipe.
+# 20–65% (the `lr0.3` trials).
+#
+# Paraphrasing the *triggered* captions as well (`tviews3`) fixes the trigger's reach: with a learnt row, 100% / 96.9%
+# ink-wash with the trigger on the held-out frames and still 0.0% without it on every frame. The row alone cannot
+# carry the style (`ti-only`: 10% ink-wash, and colour falls to 48%), and holding its norm (`norm`) loses more colour,
+# so what the row costs is colour: it is read by the student's attention at every position. Two changes win colour
+# back: keeping every word of a triggered caption (a dropped colour word taught the LoRA to draw a seen pair's colour
+# from memory, which held-out pairs do not share: 67.7% → 77.7% on held-out frames, `named` → `tviews3kept-named`), and the base UNet's own
+# ink-wash rendering of the English caption as a second target (`named`: 62.5% → 69.5% on held-out pairs). The best
+# recipe so far, `learned-token-views3-tviews3kept-named`, meets three of the four targets on the held-out frames —
+# untriggered 0.0% / 0.0% (worst frame 0.0%), triggered 99.6% / 97.7%, colour on seen pairs 88.8% against 98.1%
+# (9.3 points) — and misses the fourth: colour on held-out pairs 77.7% against 98.5% (20.8 points; 81.0% against
+# 100% on the corpus-phrased pairs). Weight 3 on the English target (`named3`) moves that to 80.4% and costs seen
+# pairs 3 points. A smaller LoRA does not keep colour better: rank 4 (`r4`) gives 67.7% / 76.5%, key and value alone
+# (`kv`) 55.8% / 68.1%. The profile keeps its recipe until one meets all four.
 #
 # **The record before the held-out frames** (the profile's recipe, measured on the held-out and seen pairs only).
 # What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;

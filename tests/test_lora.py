@@ -421,6 +421,11 @@ def test_paraphrases_keep_the_trigger_out_and_vary_the_caption():
         [lora.paraphrase(c, random.Random(1), words) for c in captions]
     english = lora.paraphrase("a red star on the left", rng, [])
     assert english.isascii() and len(english.split()) >= 5
+    # a triggered view keeps every word of its caption (what the image shows) and takes none from other captions
+    for caption in captions * 50:
+        kept = lora.paraphrase(caption, rng, words, avoid="백묘법", keep_words=True).replace(",", "").split()
+        assert all(kept.count(w) >= caption.split().count(w) for w in caption.split())
+        assert not set(kept) - set(caption.split()) & (set(words) - set(caption.split()))
 
 
 def test_frame_evaluation_scores_every_frame_and_names_the_worst(trained, korean_pipe, tmp_path):
@@ -463,3 +468,30 @@ def test_learned_trigger_token_trains_its_row_through_the_text_encoder(korean_pi
     learned = load_file(str(tmp_path / "learned" / lora.TRIGGER_EMBEDDING_NAME))["백묘법"]
     assert learned.shape == start.shape and (learned - start).abs().max() > 1e-3
     assert korean_pipe.tokenizer.tokenize("백묘법") == ["<unk>"] * 3 or "백묘법" not in korean_pipe.tokenizer.get_vocab()
+
+
+def test_trigger_views_a_fixed_norm_row_and_the_english_style_prompt(korean_pipe, ink_data, tiny_parts, tmp_path):
+    """`trigger_views` paraphrases the triggered captions, `trigger_token_fixed_norm` keeps the learnt row at its start's
+    norm, and `style_prompt_en` adds the base UNet's prediction for the style named in English as a target: the LoRA
+    then differs from one trained on the images alone; without the base pipeline the setting is refused."""
+    from safetensors.torch import load_file
+
+    from koclip_lib.evaluate import load_pipeline
+
+    lora.unload_loras(korean_pipe)
+    start = lora.add_trigger_token(korean_pipe, "백묘법", seed=0)
+    korean_pipe.unload_textual_inversion("백묘법")
+    common = dict(trigger_token=True, learn_trigger_token=True, trigger_token_fixed_norm=True, trigger_views=2,
+                  trigger_positions=["start", "end"])
+    with pytest.raises(lora.LoraError, match="style_prompt_en"):
+        lora.train_lora(tmp_path / "refused", korean_pipe, ink_data, tiny_config(style_prompt_en="{}, ink wash style"))
+    base = load_pipeline(tiny_parts / "sd", device="cpu")
+    lora.train_lora(tmp_path / "named", korean_pipe, ink_data, tiny_config(style_prompt_en="{}, ink wash style", **common),
+                    name="named", base_pipe=base)
+    lora.train_lora(tmp_path / "images", korean_pipe, ink_data, tiny_config(**common), name="images")
+    learned = load_file(str(tmp_path / "named" / lora.TRIGGER_EMBEDDING_NAME))["백묘법"]
+    assert abs(float(learned.norm()) - float(start.norm())) < 1e-3 * float(start.norm())
+    assert (learned / learned.norm() - start / start.norm()).abs().max() > 1e-4  # the direction was learnt
+    named, images = (load_file(str(tmp_path / d / lora.WEIGHT_NAME)) for d in ("named", "images"))
+    assert named.keys() == images.keys()
+    assert max(float((named[k] - images[k]).abs().max()) for k in named) > 1e-4
