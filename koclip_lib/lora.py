@@ -244,6 +244,12 @@ def _states_with_token(pipe, texts: Sequence[str], token_id: int, vector: torch.
 
 
 @torch.no_grad()
+def _unconditional_states(pipe) -> torch.Tensor:
+    """The pipeline's unconditional input (classifier-free guidance's negative, the empty prompt), on the CPU."""
+    return pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()
+
+
+@torch.no_grad()
 def _text_states(pipe, texts: Sequence[str], empty: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The states the UNet reads for each caption, computed by the pipeline's own `encode_prompt` (the student's
     windows for a Korean pipeline, CLIP's 77 states for an English one): one code path for both encoders. A caption
@@ -312,36 +318,33 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
     latents = encode_images(pipe.vae, load_pixels(dataset["image"], resolution))
     rng = random.Random(cfg.seed)
+    needs_plain = cfg.preservation_weight or cfg.trigger_positions or cfg.trigger_views > 1
+    plain_source = list(dataset[cfg.plain_column]) if needs_plain else []
+    words = sorted({w for c in plain_source for w in c.split()})  # what a paraphrase may take from other captions
     if cfg.trigger_positions:
-        captions = [add_trigger(c, cfg.trigger, rng.choice(cfg.trigger_positions)) for c in dataset[cfg.plain_column]]
+        captions = [add_trigger(c, cfg.trigger, rng.choice(cfg.trigger_positions)) for c in plain_source]
     else:
         captions = list(dataset[cfg.caption_column])
     if cfg.trigger_views > 1:
         # view k of image i is row k * len(latents) + i: its caption, then its paraphrases with the trigger
-        plain_source = list(dataset[cfg.plain_column])
-        words = sorted({w for c in plain_source for w in c.split()})
         captions += [add_trigger(paraphrase(c, rng, words, avoid=cfg.trigger, keep_words=True), cfg.trigger,
                                  rng.choice(cfg.trigger_positions or ["end"]))
                      for _ in range(cfg.trigger_views - 1) for c in plain_source]
     token = add_trigger_token(pipe, cfg.trigger, cfg.seed) if cfg.trigger_token else None
-    with torch.no_grad():
-        empty = pipe.encode_prompt("-", pipe.device, 1, True, negative_prompt="")[1].cpu()  # the unconditional input
+    empty = _unconditional_states(pipe)
     states = _text_states(pipe, captions, empty[0])
     style_states = None
     if cfg.style_prompt_en:
         if base_pipe is None or "caption_en" not in dataset.column_names:
             raise LoraError(f"style_prompt_en needs the base pipeline and a caption_en column ({data_dir} has "
                             f"{', '.join(dataset.column_names)})")
-        with torch.no_grad():
-            base_empty = base_pipe.encode_prompt("-", base_pipe.device, 1, True, negative_prompt="")[1].cpu()
-        style_states = _text_states(base_pipe, [cfg.style_prompt_en.format(c) for c in dataset["caption_en"]], base_empty[0])
+        style_states = _text_states(base_pipe, [cfg.style_prompt_en.format(c) for c in dataset["caption_en"]],
+                                    _unconditional_states(base_pipe)[0])
     plain = prior = None
     if cfg.preservation_weight:
         # view k of image i is row k * len(latents) + i: its caption, then its paraphrases
-        plain_captions = list(dataset[cfg.plain_column])
-        words = sorted({w for c in plain_captions for w in c.split()})
-        plain_captions += [paraphrase(c, rng, words, avoid=cfg.trigger)
-                           for _ in range(cfg.preservation_views - 1) for c in dataset[cfg.plain_column]]
+        plain_captions = plain_source + [paraphrase(c, rng, words, avoid=cfg.trigger)
+                                         for _ in range(cfg.preservation_views - 1) for c in plain_source]
         plain = _text_states(pipe, plain_captions, empty[0])
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
     n_val = max(1, int(len(latents) * cfg.val_fraction))
@@ -375,6 +378,14 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         return scheduler.add_noise(x0, noise, t), t, target
 
+    @torch.no_grad()
+    def base_prediction(x_t, t, states):  # the frozen UNet, the LoRA being trained switched off
+        unet.disable_adapters()
+        try:
+            return unet(x_t, t, encoder_hidden_states=states.to(unet.device, unet.dtype)).sample.float()
+        finally:
+            unet.enable_adapters()
+
     def losses(idx, gen, batch: Batch):
         trained = batch.models[0]
         x_t, t, target = noisy(idx, gen, batch)
@@ -390,11 +401,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
         if style_states is not None:  # the base UNet's own rendering of the style named in English
-            with torch.no_grad():
-                unet.disable_adapters()
-                named = unet(x_t, t, encoder_hidden_states=batch.take(style_states[idx]).to(unet.device, unet.dtype)).sample.float()
-                unet.enable_adapters()
-            follow = F.mse_loss(predicted, named)
+            follow = F.mse_loss(predicted, base_prediction(x_t, t, batch.take(style_states[idx])))
             out["loss"] = style + cfg.style_prompt_weight * follow
             out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
@@ -404,11 +411,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             keep = plain[idx].clone()
             keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = _pad_windows(empty, empty[0], keep.shape[1])[0]
             keep = batch.take(keep).to(unet.device, unet.dtype)
-            with torch.no_grad():
-                unet.disable_adapters()
-                base = unet(x_t, t, encoder_hidden_states=keep).sample.float()
-                unet.enable_adapters()
-            kept = F.mse_loss(trained(x_t, t, encoder_hidden_states=keep).sample.float(), base)
+            kept = F.mse_loss(trained(x_t, t, encoder_hidden_states=keep).sample.float(), base_prediction(x_t, t, keep))
             out["loss"] = out["loss"] + cfg.preservation_weight * kept
             out["prior"] = kept.detach()
         return out

@@ -381,7 +381,7 @@ def write_prompt_tsv(path: str | Path, scenes: Iterable[Scene], lang: str, seed:
 def write_frame_prompts(path: str | Path, lang: str, world: WorldConfig, n: int, seed: int) -> Path:
     """The evaluation held out by phrasing: for every held-out frame of `lang`, the same `n` scenes of held-out and
     `n` of seen colour-shape pairs written in that frame. The prompt TSV's columns plus `frame`, `family` and
-    `pairs` (held-out / seen), which `koclip_lib.lora.frame_table` groups by."""
+    `pairs` (held-out / seen), which `koclip_lib.lora.evaluate_frames` groups by."""
     from ..common import write_text_atomic
 
     rng = random.Random(seed)
