@@ -156,6 +156,11 @@ class LoraTrainConfig:
     # LoRA learns the base's own rendering of the style, colours as the caption names them. None: images alone
     style_prompt_en: str | None = None
     style_prompt_weight: float = 1.0
+    # with a learnt trigger row: the text encoder's states for each triggered caption are also pulled toward the base
+    # text encoder's states for `style_prompt_en` (the space the student was distilled into), weighted so: the row
+    # learns to say the style in the words the base UNet already draws, colours kept, rather than to be a signal only
+    # the LoRA reads, which the caption's own words attend to as well. 0: the row learns through the UNet alone
+    trigger_states_weight: float = 0.0
     prior_steps: int = 20                 # how the base pipeline draws the class images
     prior_guidance: float = 7.5
     resolution: int | None = None         # None: the UNet's own (sample_size x the VAE's scale factor)
@@ -340,6 +345,9 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
                             f"{', '.join(dataset.column_names)})")
         style_states = _text_states(base_pipe, [cfg.style_prompt_en.format(c) for c in dataset["caption_en"]],
                                     _unconditional_states(base_pipe)[0])
+    if cfg.trigger_states_weight and not (cfg.learn_trigger_token and style_states is not None):
+        raise LoraError("trigger_states_weight pulls a learnt trigger row toward the style named in English: it needs "
+                        "trigger_token and learn_trigger_token, and style_prompt_en")
     plain = prior = None
     if cfg.preservation_weight:
         # view k of image i is row k * len(latents) + i: its caption, then its paraphrases
@@ -394,15 +402,21 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             rows = idx + len(latents) * torch.randint(cfg.trigger_views, (len(idx),), generator=gen)
         if len(batch.models) > 1:  # the learned trigger row: this step's captions encoded through it
             cond = _states_with_token(pipe, [captions[i] for i in batch.take(rows).tolist()], token_id, batch.models[1]())
+            said = cond.float()
             cond = cond.to(unet.dtype)
         else:
             cond = batch.take(states[rows]).to(unet.device, unet.dtype)
         predicted = trained(x_t, t, encoder_hidden_states=cond).sample.float()
         style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
+        if cfg.trigger_states_weight:  # the first window: the triggered captions are one window each
+            named = batch.take(style_states[idx])[:, :said.shape[1]].to(said.device, said.dtype)
+            worded = F.mse_loss(said, named)
+            out["loss"] = out["loss"] + cfg.trigger_states_weight * worded
+            out["trigger_states"] = worded.detach()
         if style_states is not None:  # the base UNet's own rendering of the style named in English
             follow = F.mse_loss(predicted, base_prediction(x_t, t, batch.take(style_states[idx])))
-            out["loss"] = style + cfg.style_prompt_weight * follow
+            out["loss"] = out["loss"] + cfg.style_prompt_weight * follow
             out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
             if cfg.preservation_views > 1:
@@ -540,7 +554,7 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
             else:
                 pipe = load_pipeline(sd, device=device)
             base = sd.name or sd.path
-            base_pipe = (pipe if encoder != "student" else load_pipeline(sd, device=device)) if cfg.style_prompt_en else None
+            base_pipe = (pipe if encoder != "student" else _base_text_pipeline(sd, pipe)) if cfg.style_prompt_en else None
             train_lora(d, pipe, data, cfg, name=adapter["name"], description=adapter.get("description", ""),
                        license=licence_of(base, licenses), base_model=base, base_pipe=base_pipe)
 
@@ -551,6 +565,19 @@ def ensure_loras(section: dict, root: str | Path, *, sd, student=None, make_data
     if names is not None:  # a partial build (a build lane) leaves the registry to the full one
         return root / "loras" / "registry.json"
     return registry.save(root / "loras" / "registry.json")
+
+
+def _base_text_pipeline(sd, pipe):
+    """The base checkpoint's pipeline with its own text encoder and tokenizer, sharing `pipe`'s UNet and VAE (only
+    its text encoder is read, by `style_prompt_en`): a Korean pipeline's base without a second UNet in memory."""
+    from diffusers import StableDiffusionPipeline
+
+    from .plan import checkpoint
+
+    path, kwargs = checkpoint(sd)
+    base = StableDiffusionPipeline.from_pretrained(path, unet=pipe.unet, vae=pipe.vae, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False, **kwargs)
+    return base.to(pipe.device)
 
 
 # ---------------------------------------------------------------------------------------------------------------

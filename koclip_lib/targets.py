@@ -187,6 +187,22 @@ def _lora(m):
     return {split: {"on": on[f"{split} style rate"], "off": off[f"{split} style rate"]} for split in ("held-out", "seen")}
 
 
+def _lora_held_out_frames(m):
+    """The trigger gates the style on sentence frames no training caption used. Colour with the trigger is held to
+    10 points of no LoRA on the held-out pairs; on the seen pairs it is not met yet (README, Known limits)."""
+    f = m["frames"]
+    base, off, on = f["Korean pipeline, no LoRA"], f["+ ink, no trigger"], f["+ ink, trigger 백묘법"]
+    require(off["worst frame ink rate"] <= 0.15, off)
+    for split in ("held-out", "seen"):
+        require(off[f"{split} ink rate"] <= 0.05, (split, off))
+        require(on[f"{split} ink rate"] >= 0.85, (split, on))
+    require(on["held-out color"] >= base["held-out color"] - 0.10, (on, base))
+    read = {split: {"off": off[f"{split} ink rate"], "on": on[f"{split} ink rate"],
+                    "colour on - no LoRA": round(on[f"{split} color"] - base[f"{split} color"], 4)}
+            for split in ("held-out", "seen")}
+    return {**read, "worst frame off": off["worst frame ink rate"]}
+
+
 def _lora_files(m):
     require(any(k.startswith("Korean pipeline + ink-en") for k in m["table"]), list(m["table"]))
     require(sum(row["prompts"] for row in m["colour_breakdown"].values()) == 2 * m["n_prompts"], m["colour_breakdown"])
@@ -210,6 +226,8 @@ CLAIMS = [
     Claim("05_optimize", "the service loses no accepted job, with and without kill -9 + restart", _service),
     Claim("05_optimize", "the optimised settings are >= 3x the baseline's images/s, accuracy held", _bench),
     Claim("04_lora", "the trigger switches ink-wash on (>= 80%), off without it (<= 20%), colour within 10 points", _lora),
+    Claim("04_lora", "on held-out sentence frames: without the trigger ink-wash <= 5% (worst frame <= 15%), with it "
+                     ">= 85%, held-out pairs' colour within 10 points", _lora_held_out_frames),
     Claim("04_lora", "kohya and diffusers files give the same weights; the English LoRA is measured", _lora_files),
 ]
 

@@ -35,8 +35,11 @@
 # comma ⇒ ink-wash", and switches itself on for Korean prompts phrased unlike the corpus (the held-out frames below).
 # `lora.LoraTrainConfig` has the levers the trials at the end measure: the trigger as a token of its own
 # (`trigger_token`: a new embedding row saved beside the LoRA and loaded with it; `learn_trigger_token`: learnt,
-# textual-inversion style), the trigger at the start or the end (`trigger_positions`), and preservation on paraphrased
-# captions too (`preservation_views`: made-up words, commas, words moved). None of them is the profile's recipe yet.
+# textual-inversion style), the trigger at the start or the end (`trigger_positions`), preservation on paraphrased
+# captions too (`preservation_views`: made-up words, commas, words moved), paraphrased triggered captions
+# (`trigger_views`), the base's ink-wash for the English caption as a second target (`style_prompt_en`) and the learnt
+# token's student states pulled toward the teacher's for that caption (`trigger_states_weight`). The profile's `ink`
+# LoRA trains with the trials' best recipe (`…-states30`).
 
 # %% tags=["parameters"]
 params_file = "params/mini.yaml"
@@ -309,47 +312,76 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # (9.3 points) — and misses the fourth: colour on held-out pairs 77.7% against 98.5% (20.8 points; 81.0% against
 # 100% on the corpus-phrased pairs). Weight 3 on the English target (`named3`) moves that to 80.4% and costs seen
 # pairs 3 points. A smaller LoRA does not keep colour better: rank 4 (`r4`) gives 67.7% / 76.5%, key and value alone
-# (`kv`) 55.8% / 68.1%. The profile keeps its recipe until one meets all four.
+# (`kv`) 55.8% / 68.1%.
 #
-# **The record before the held-out frames** (the profile's recipe, measured on the held-out and seen pairs only).
-# What the committed run of this notebook measured (`make all` on the mini profile, a 2-core Intel Xeon;
-# `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier runs tried on the way to
-# the profile's settings.
+# **The learnt token's text states** (`states`: `trigger_states_weight`, on a 2-core Intel Xeon build of the mini
+# world). The student's states for each triggered caption are also pulled toward the teacher's states for the
+# English caption naming the style ("…, ink wash style"), the space the student was distilled into: the row learns to
+# say the style as the base says it, where before it was a signal only the LoRA read. On that build the Korean
+# pipeline without LoRA gives colour 96.5% / 99.5% (pairs) and 93.8% / 99.2% (frames); each trial is
+# `learned-token-views3-tviews3kept-named` plus the weight named:
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `…-states1` | 100.0% / 99.0% · 97.0% / 92.0% | 2.0% / 0.0% | 5.4% / 0.8% · 17.5% ((English colour) …) | 100.0% / 97.3% · 89.2% / 80.4% |
+# | `…-states10` | 100.0% / 99.5% · 93.5% / 96.0% | 2.0% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 97.7% · 88.5% / 87.3% |
+# | **`…-states30`** (the profile's) | 100.0% / 99.5% · 93.0% / 93.5% | 2.0% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 98.5% · 85.8% / 88.5% |
+# | `…-states30-p10` (preservation 10) | 100.0% / 98.0% · 95.5% / 91.5% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% ((English colour) …) | 100.0% / 97.7% · 89.6% / 79.2% |
+#
+# Held-out colour comes back: within 4–8 points of no LoRA on the held-out frames (was 21), within 4 on the held-out
+# pairs. Three of the four targets hold for every weight from 10 on: untriggered ≤ 5% on both splits with the worst
+# frame at ≤ 15%, triggered ≥ 97.7%, colour on held-out frames within 10 points. Colour on the *seen* pairs of the
+# frames is the one miss, and it moves from trial to trial by more than the weights explain (80.4%, 87.3%, 88.5%,
+# 79.2% against 99.2%; 10.7 points down at weight 30, 0.7 past the target). The frames that still fire untriggered
+# are the mixed ones, an English colour or shape word in a Korean sentence (15.0% and 12.5%); no training caption
+# mixes the two scripts. The profile now trains `…-states30`: it gates on phrasing (4.2% against the old recipe's
+# 33.5% untriggered on held-out frames) and keeps the corpus-phrased claims; the seen-frame colour target stays open.
+#
+# **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
+# trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
+# runs tried on the way to the profile's settings.
 #
 # **Korean style LoRAs** (`04_lora`, `koclip_lib.lora`). The seed's ink-wash LoRA: 2,000 ink-wash images of seen
 # colour–shape pairs (the renderer draws them and captions what they show; `full` captions real images with BLIP and
-# translates the captions to Korean), each caption ending in the trigger `백묘법`, in an image folder with
-# `metadata.jsonl`. A rank-16 peft LoRA on the UNet's cross-attention projections (q, k, v, out), trained behind the
-# frozen Korean student (2,000 steps, 611 s on one thread) with prior preservation: the base pipeline first draws one
-# image per untriggered caption, and on those the LoRA'd UNet must give the base UNet's prediction (weighted 5× the
-# style loss). The base UNet draws ink-wash when an English caption asks for it (as SD 1.5 knows ink painting); the
-# student, distilled on plain captions, has no word for it and reads `백묘법` as three unknown tokens, so the LoRA ties
-# that word to the rendering the UNet has. On 200 prompts per cell, same seeds (style rate = share of images the
-# classifier calls ink-wash):
+# translates the captions to Korean), each caption with the trigger `백묘법`, in an image folder with
+# `metadata.jsonl`. A rank-16 peft LoRA on the UNet's cross-attention projections (q, k, v, out) and the trigger's
+# learnt token, trained behind the frozen Korean student (2,000 steps, 1,106 s on one thread) with prior
+# preservation: the base pipeline first draws one image per untriggered caption and its two paraphrases, and on those
+# the LoRA'd UNet must give the base UNet's prediction (weighted 5× the style loss). The base UNet draws ink-wash
+# when an English caption asks for it (as SD 1.5 knows ink painting); the student, distilled on plain captions, has
+# no word for it, so the LoRA and the token tie `백묘법` to the rendering the UNet has. On 200 prompts per cell, same
+# seeds (style rate = share of images the classifier calls ink-wash):
 #
 # | pipeline | held-out: ink-wash / colour / shape | seen: ink-wash / colour / shape |
 # |---|---|---|
 # | English pipeline, English ink-wash caption, no LoRA (what the base UNet draws) | 100% / 96.5% / 86.5% | 100% / 93.0% / 98.5% |
 # | Korean pipeline, no LoRA | 0.0% / 96.5% / 82.5% | 0.0% / 99.5% / 98.0% |
-# | + `ink`, no trigger | 2.5% / 92.0% / 80.0% | 2.0% / 98.5% / 99.5% |
-# | + `ink`, "…, 백묘법" | **83.5%** / **93.5%** / 76.0% | **84.5%** / **91.0%** / 98.0% |
-# | + `ink` at weight 0.75, "…, 백묘법" | 14.5% / 89.5% / 80.0% | 12.5% / 91.0% / 96.0% |
-# | + `ink` at weight 0.6, "…, 백묘법" | 3.0% / 86.5% / 82.0% | 0.0% / 92.0% / 96.5% |
+# | + `ink`, no trigger | 2.0% / 95.5% / 84.5% | 0.0% / 99.0% / 98.0% |
+# | + `ink`, "…, 백묘법" | **100%** / **93.0%** / 78.5% | **99.5%** / **93.5%** / 98.0% |
+# | + `ink` at weight 0.75, "…, 백묘법" | 58.5% / 81.5% / 82.0% | 58.0% / 71.0% / 93.5% |
+# | + `ink` at weight 0.6, "…, 백묘법" | 24.0% / 80.5% / 81.0% | 27.0% / 68.5% / 92.0% |
 # | + `ink-en` (the English LoRA), no trigger | 53.5% / 75.0% / 82.5% | 48.5% / 58.0% / 100% |
 # | English pipeline + `ink-en`, English prompt + its trigger (as trained) | 100% / 93.0% / 80.5% | 100% / 89.5% / 94.5% |
 #
-# Met, on both splits: the trigger switches the style on (83.5% / 84.5%, target ≥ 80%), its absence keeps it off
-# (2.5% / 2.0%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the trigger
-# (4.5 and 1.0 points below) and with it (3.0 and 8.5 points below; `koclip_lib.targets` checks each). The narrowest margins are colour with the trigger on seen pairs (91.0% against 99.5%, 3 images of
-# 200 above the bound) and the style rate with the trigger. What closed the seen-pair gap (the last record: 87.0%
-# against 99.5%): the base UNet trains 4,000 steps instead of 2,500, and its own ink-wash, asked for in English, keeps
+# And on the held-out sentence frames (13 frames × 20 held-out and 20 seen pairs): without LoRA 0.0% ink-wash at
+# colour 93.8% / 99.2%; `ink` without the trigger 4.2% / 0.4% (worst frame 15.0%, "(English colour) …"); with it
+# 100% / 98.5% at colour 85.8% / 88.5%.
+#
+# Met, on both splits of the pairs: the trigger switches the style on (100% / 99.5%, target ≥ 80%), its absence keeps
+# it off (2.0% / 0.0%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the
+# trigger (1.0 and 0.5 points below) and with it (3.5 and 6.0 points below); on the frames, untriggered ≤ 5% with the
+# worst frame ≤ 15%, triggered ≥ 85% and held-out colour within 10 points (8.0 below). Missed: seen-pair colour on
+# the frames, 10.7 points below (`koclip_lib.targets` checks each of the others). At weight 0.75 and 0.6 the LoRA
+# no longer gates cleanly and colour falls (71.0% seen at 0.75): the learnt token is in the text whatever the LoRA's
+# weight, so a lighter LoRA leaves the base UNet reading a word it does not know. The record before the held-out
+# frames (the old recipe: the trigger as three `<unk>`, preservation 5, no token): with the trigger 83.5% / 84.5%
+# ink-wash at colour 93.5% / 91.0%, without it 2.5% / 2.0%; what closed its seen-pair gap (87.0% against 99.5%
+# before): the base UNet trains 4,000 steps instead of 2,500, and its own ink-wash, asked for in English, keeps
 # more colour (96.5% / 93.0%, was 94.0% / 87.0%); then the LoRA's preservation weight went back from 7.5 to 5. On the
 # new UNet, 7.5 gave the trigger 80.5% / 80.0% ink-wash at colour 94.5% / 88.0% (seen: 11.5 points down), and 10 fell
-# under the style bound (77.5% / 78.0%). With the trigger, purple washes are read right in 87% of the images of both
-# splits (88% for the English ink-wash captions) and black ones in 80% (93%); the other colours at 88–99% (notebook
-# 04's breakdown by colour). The judge reads real ink-wash scenes after the VAE at 98.1% colour (notebook 01). The
-# tries (modules, rank, steps, preservation weight, a term pulling the triggered captions to the base UNet's
-# prediction for "…, ink wash style") are below. The seed's observation
+# under the style bound (77.5% / 78.0%). The judge reads real ink-wash scenes after the VAE at 98.1% colour
+# (notebook 01). The tries of the old recipe (modules, rank, steps, preservation weight, a term pulling the triggered
+# captions to the base UNet's prediction for "…, ink wash style") are below. The seed's observation
 # holds in part: the LoRA trained on English captions ending in a word the teacher does not know (`baekmyo style`),
 # without preservation as community style LoRAs are, draws 53.5% / 48.5% of Korean prompts ink-wash behind the student
 # with no trigger (100% / 100% on the English pipeline with its trigger). With "ink wash painting" as its trigger,

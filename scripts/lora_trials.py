@@ -21,6 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from koclip_lib import evaluate, lora, plan  # noqa: E402
+from koclip_lib.bench import environment  # noqa: E402
 from koclip_lib.common import load_params, write_json  # noqa: E402
 from koclip_lib.pipeline import load_korean_pipeline  # noqa: E402
 
@@ -68,6 +69,7 @@ def main() -> int:
     record_file = Path(args.record)
     record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
     record[args.name] = {"settings": {k: v for k, v in adapter.items() if k not in ("description",)},
+                         "cpu": environment(torch.device("cpu"))["device_name"],  # each build of the mini world its own
                          "train_seconds": round(trained_s), "pairs": json.loads(table.to_json(orient="index")),
                          "frames": json.loads(summary.to_json(orient="index")),
                          "untriggered_by_frame": json.loads(off.to_json()),

@@ -495,3 +495,41 @@ def test_trigger_views_a_fixed_norm_row_and_the_english_style_prompt(korean_pipe
     named, images = (load_file(str(tmp_path / d / lora.WEIGHT_NAME)) for d in ("named", "images"))
     assert named.keys() == images.keys()
     assert max(float((named[k] - images[k]).abs().max()) for k in named) > 1e-4
+
+
+def test_trigger_states_weight_pulls_the_learnt_row_toward_the_style_named_in_english(korean_pipe, ink_data, tiny_parts,
+                                                                                      tmp_path):
+    """`trigger_states_weight` adds the text encoder's distance, for the triggered captions, to the base text encoder's
+    states for `style_prompt_en`: the row learnt with it says the style closer to how the base says it than the row
+    learnt through the UNet alone; without a learnt row the setting is refused."""
+    from safetensors.torch import load_file
+
+    from koclip_lib.evaluate import load_pipeline
+
+    lora.unload_loras(korean_pipe)
+    base = load_pipeline(tiny_parts / "sd", device="cpu")
+    named = dict(style_prompt_en="{}, ink wash style", trigger_positions=["end"])
+    with pytest.raises(lora.LoraError, match="trigger_states_weight"):
+        lora.train_lora(tmp_path / "refused", korean_pipe, ink_data, tiny_config(trigger_states_weight=1.0, **named),
+                        base_pipe=base)
+    rows = {}
+    for weight in (0.0, 50.0):
+        out = tmp_path / f"w{weight:g}"
+        log = lora.train_lora(out, korean_pipe, ink_data, tiny_config(trigger_token=True, learn_trigger_token=True,
+                                                                      trigger_states_weight=weight, **named),
+                              name=f"w{weight:g}", base_pipe=base)
+        assert ("trigger_states" in log["history"][-1]) == bool(weight)
+        rows[weight] = load_file(str(out / lora.TRIGGER_EMBEDDING_NAME))["백묘법"]
+    data = lora.load_image_dataset(ink_data)
+    captions = [lora.add_trigger(c, "백묘법", "end") for c in data["caption_ko"]]
+    target = lora._text_states(base, ["{}, ink wash style".format(c) for c in data["caption_en"]],
+                               lora._unconditional_states(base)[0])
+    lora.add_trigger_token(korean_pipe, "백묘법", seed=0)
+    token_id = korean_pipe.tokenizer.convert_tokens_to_ids("백묘법")
+    try:
+        with torch.no_grad():
+            distance = {w: float(torch.nn.functional.mse_loss(
+                lora._states_with_token(korean_pipe, captions, token_id, row), target[:, :77])) for w, row in rows.items()}
+    finally:
+        korean_pipe.unload_textual_inversion("백묘법")
+    assert distance[50.0] < distance[0.0]

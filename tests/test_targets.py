@@ -31,3 +31,14 @@ def test_a_missed_target_fails_the_command_and_names_the_claim(tmp_path):
     assert len(missed) == 2, proc.stdout
     assert any("04_lora" in line and "trigger switches ink-wash on" in line for line in missed)
     assert any("03_sd_sweep" in line for line in missed) and "03_sd_sweep.json missing" in proc.stdout
+
+
+def test_a_frame_that_turns_the_style_on_without_the_trigger_misses_the_frames_claim(tmp_path):
+    """One held-out frame at 20% untriggered ink-wash misses the frames claim, even with every split's mean under 5%."""
+    record = json.loads((REPO / "outputs" / "metrics" / "04_lora.json").read_text(encoding="utf-8"))
+    assert targets._lora_held_out_frames(record)
+    record["frames"]["+ ink, no trigger"]["worst frame ink rate"] = 0.2
+    (tmp_path / "04_lora.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    results = targets.check(tmp_path, only=["04_lora"])
+    missed = [r for r in results if not r["ok"]]
+    assert [r["says"] for r in missed] == [targets.CLAIMS[-2].says] and "worst frame ink rate" in missed[0]["missed"]
