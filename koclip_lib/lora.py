@@ -409,13 +409,13 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         predicted = trained(x_t, t, encoder_hidden_states=cond).sample.float()
         style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
+        named = batch.take(style_states[idx]) if style_states is not None else None  # the style named in English
         if cfg.trigger_states_weight:  # the first window: the triggered captions are one window each
-            named = batch.take(style_states[idx])[:, :said.shape[1]].to(said.device, said.dtype)
-            worded = F.mse_loss(said, named)
+            worded = F.mse_loss(said, named[:, :said.shape[1]].to(said.device, said.dtype))
             out["loss"] = out["loss"] + cfg.trigger_states_weight * worded
             out["trigger_states"] = worded.detach()
-        if style_states is not None:  # the base UNet's own rendering of the style named in English
-            follow = F.mse_loss(predicted, base_prediction(x_t, t, batch.take(style_states[idx])))
+        if named is not None:  # the base UNet's own rendering of the style named in English
+            follow = F.mse_loss(predicted, base_prediction(x_t, t, named))
             out["loss"] = out["loss"] + cfg.style_prompt_weight * follow
             out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
