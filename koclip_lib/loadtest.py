@@ -8,7 +8,7 @@ terminal state and fetches the PNG, then takes the next request. `--apis native,
 between that and the two synchronous compatible APIs (POST /sdapi/v1/txt2img, POST /v1/images/generations), whose
 answer is the outcome: 200 with an image (succeeded), 504 (expired), 500 (failed). A 429 is counted and not retried: the client
 waits the Retry-After (capped by --retry-cap-s) before its next request, as a polite client would. Connection
-errors while polling (e.g. the server restarting) are retried until --max-seconds.
+errors while polling or fetching the PNG (e.g. the server restarting) are retried until --max-seconds.
 
 Prints a table, then one JSON line: latency percentiles of succeeded jobs (submit -> terminal state seen by
 polling), throughput, 429/503 counts and how fast they were answered, failures, expirations and `lost` (accepted,
@@ -123,16 +123,30 @@ async def follow(client: httpx.AsyncClient, job_id: str, submitted: float, until
             tally.states[state] += 1
             if state == "succeeded":
                 tally.latencies.append(time.monotonic() - submitted)
-                try:
-                    img = await client.get(f"/v1/jobs/{job_id}/image")
-                    if img.status_code != 200 or not img.content.startswith(b"\x89PNG"):
-                        tally.image_errors += 1
-                except httpx.TransportError:
+                if not await fetch_image(client, job_id, until, tally, poll_s):
                     tally.image_errors += 1
             return
         await asyncio.sleep(poll_s)
     tally.lost += 1
     tally.lost_ids.append(job_id)
+
+
+async def fetch_image(client: httpx.AsyncClient, job_id: str, until: float, tally: Tally, poll_s: float) -> bool:
+    """Fetch a succeeded job's PNG; True when it came. A dropped connection (the server restarting between the poll
+    and the fetch) and a 503 (the store unreadable for now) are retried until `until`, as polling is."""
+    while time.monotonic() < until:
+        try:
+            img = await client.get(f"/v1/jobs/{job_id}/image")
+        except httpx.TransportError:
+            tally.poll_errors += 1
+            await asyncio.sleep(min(1.0, poll_s * 4))
+            continue
+        if img.status_code == 503:
+            tally.poll_errors += 1
+            await asyncio.sleep(min(float(img.headers.get("Retry-After", 1)), 1.0))
+            continue
+        return img.status_code == 200 and img.content.startswith(b"\x89PNG")
+    return False
 
 
 def compatible_request(api: str, i: int, args) -> tuple[str, dict]:

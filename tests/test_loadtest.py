@@ -1,11 +1,17 @@
 """loadtest.service_check: the issue's two service checks as code, against the real server process (python -m
 koclip_lib.serve) on the tiny pipeline: a plain load test with a small queue, and a kill -9 mid-run with a restart on
-the same job store that completes every accepted job. About 20 s, most of it starting server processes."""
+the same job store that completes every accepted job. About 20 s, most of it starting server processes; and the
+client's PNG fetch riding out a restart, against a small stdlib server."""
+import asyncio
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
-from koclip_lib.loadtest import service_check
+from koclip_lib.loadtest import Tally, fetch_image, service_check
 
 FAST_CLIENTS = ["--retry-cap-s", "0.2", "--poll-s", "0.05", "--error-backoff-s", "0.5", "--max-seconds", "90"]
 
@@ -58,3 +64,42 @@ def test_kill_9_mid_run_with_oversize_and_cancelled_requests_loses_no_job(tiny_p
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="exited"):
         service_check(tmp_path / "no-such-pipeline", requests=1, concurrency=1, startup_timeout_s=60)
+
+
+def test_image_fetch_rides_out_a_dropped_connection_and_a_503():
+    # the kill can land between the poll that sees `succeeded` and the PNG's fetch: the fetch retries as polling does
+    answers = iter(["drop", "503", "png"])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            answer = next(answers)
+            if answer == "drop":
+                self.close_connection = True
+                self.connection.shutdown(2)  # the server dies before answering
+                return
+            status, body = (503, b"{}") if answer == "503" else (200, b"\x89PNG\r\n\x1a\n")
+            self.send_response(status)
+            if status == 503:
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def fetch():
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.server_port}", trust_env=False) as client:
+            tally = Tally()
+            ok = await fetch_image(client, "job", time.monotonic() + 10, tally, poll_s=0.01)
+            return ok, tally
+
+    try:
+        ok, tally = asyncio.run(fetch())
+    finally:
+        server.shutdown()
+    assert ok and tally.poll_errors == 2
+    assert next(answers, None) is None  # exactly three requests
