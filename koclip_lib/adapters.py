@@ -252,14 +252,15 @@ def trigger_embedding(entry: dict) -> Path | None:
 def _sync_trigger_tokens(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
     """The trigger tokens of exactly the active LoRAs in `pipe`'s tokenizer: with none active, a prompt reads as it
     did before any LoRA was loaded (its trigger word as the pieces the tokenizer splits it into)."""
-    files = {e["trigger"]: f for e in registry.entries.values() if (f := trigger_embedding(e))}
-    wanted = {registry.get(n)["trigger"] for n in weights} & set(files)
+    # only the active LoRAs' folders and those whose tokens are loaded are looked at, not the whole registry's
+    wanted = {e["trigger"]: f for e in map(registry.get, weights) if (f := trigger_embedding(e))}
     have = {t.content for t in pipe.tokenizer.added_tokens_decoder.values() if not t.special}
-    stale = sorted((have & set(files)) - wanted)
+    stale = sorted({e["trigger"] for e in registry.entries.values()
+                    if e["trigger"] in have - set(wanted) and trigger_embedding(e)})
     if stale:
         pipe.unload_textual_inversion(stale)
-    for trigger in sorted(wanted - have):
-        pipe.load_textual_inversion(str(files[trigger].parent), weight_name=TRIGGER_EMBEDDING_NAME, token=trigger)
+    for trigger in sorted(set(wanted) - have):
+        pipe.load_textual_inversion(str(wanted[trigger].parent), weight_name=TRIGGER_EMBEDDING_NAME, token=trigger)
 
 
 def apply_loras(pipe, weights: dict[str, float], registry: LoraRegistry) -> None:
