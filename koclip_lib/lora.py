@@ -698,19 +698,29 @@ def evaluate_frames(pipes: dict, classifier, frame_file: str | Path, registry: L
     return pd.DataFrame(records)
 
 
+def frame_rates(frames, style: str = "ink"):
+    """`evaluate_frames` per (family, frame, case), both kinds of pairs together (weighted by their images): the style
+    rate and colour. Returns a DataFrame."""
+    rate = f"{style} rate"
+    sums = frames.assign(**{rate: frames[rate] * frames["images"], "color": frames["color"] * frames["images"]}) \
+        .groupby(["family", "frame", "case"], sort=False)[[rate, "color", "images"]].sum()
+    return sums[[rate, "color"]].div(sums["images"], axis=0)
+
+
 def frame_summary(frames, style: str = "ink"):
     """Per case of `evaluate_frames`: the style rate and colour on held-out and on seen pairs over all frames, and the
     frame with the highest style rate (both kinds of pairs together) and its rate. Returns a DataFrame."""
     import pandas as pd
 
     rate = f"{style} rate"
+    per_frame = frame_rates(frames, style)[rate].droplevel("family")
     records = []
     for case, g in frames.groupby("case", sort=False):
         row = {"case": case}
         for pairs, p in g.groupby("pairs", sort=False):
             row |= {f"{pairs} {rate}": p[rate].mean(), f"{pairs} color": p["color"].mean(), f"{pairs} shape": p["shape"].mean()}
-        per_frame = (g[rate] * g["images"]).groupby(g["frame"], sort=False).sum() / g["images"].groupby(g["frame"], sort=False).sum()
-        row |= {f"worst frame {rate}": per_frame.max(), "worst frame": per_frame.idxmax()}
+        rates = per_frame.xs(case, level="case")
+        row |= {f"worst frame {rate}": rates.max(), "worst frame": rates.idxmax()}
         records.append(row)
     return pd.DataFrame(records).set_index("case")
 

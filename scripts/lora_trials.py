@@ -63,8 +63,9 @@ def main() -> int:
     summary = lora.frame_summary(frames)
     print(table.to_string(float_format="{:.3f}".format))
     print(summary.to_string(float_format="{:.3f}".format))
-    off = frames[frames.case == "+ ink, no trigger"].groupby("frame", sort=False)["ink rate"].mean()
-    on = frames[frames.case == "+ ink, trigger"].groupby("frame", sort=False)[["ink rate", "color"]].mean()
+    rates = lora.frame_rates(frames).droplevel("family")
+    off = rates.xs("+ ink, no trigger", level="case")["ink rate"]
+    on = rates.xs("+ ink, trigger", level="case")
     print(off.sort_values(ascending=False).head(5).to_string(float_format="{:.3f}".format))
     record_file = Path(args.record)
     record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}

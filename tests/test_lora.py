@@ -448,6 +448,19 @@ def test_frame_evaluation_scores_every_frame_and_names_the_worst(trained, korean
         assert summary.loc[case, "held-out color"] == pytest.approx(held["color"].mean())
 
 
+def test_frame_rates_weigh_each_kind_of_pairs_by_its_images():
+    import pandas as pd
+
+    frames = pd.DataFrame([
+        {"case": "on", "frame": "f", "family": "d", "pairs": "held-out", "images": 1, "ink rate": 1.0, "color": 0.0, "shape": 1.0},
+        {"case": "on", "frame": "f", "family": "d", "pairs": "seen", "images": 3, "ink rate": 0.0, "color": 1.0, "shape": 1.0},
+        {"case": "on", "frame": "g", "family": "d", "pairs": "seen", "images": 2, "ink rate": 0.5, "color": 0.5, "shape": 1.0}])
+    rates = lora.frame_rates(frames)
+    assert rates.loc[("d", "f", "on")].tolist() == [0.25, 0.75]
+    summary = lora.frame_summary(frames)
+    assert summary.loc["on", "worst frame"] == "g" and summary.loc["on", "worst frame ink rate"] == 0.5
+
+
 def test_learned_trigger_token_trains_its_row_through_the_text_encoder(korean_pipe, ink_data, tmp_path):
     """`learn_trigger_token`: the row moves from its random start, the saved row is the learnt one, and the states the
     training encodes through it are the pipeline's own for the same row."""
