@@ -188,15 +188,16 @@ def _lora(m):
 
 
 def _lora_held_out_frames(m):
-    """The trigger gates the style on sentence frames no training caption used. Colour with the trigger is held to
-    10 points of no LoRA on the held-out pairs; on the seen pairs it is not met yet (README, Known limits)."""
+    """The trigger gates the style on sentence frames no training caption used, and colour with the trigger stays
+    within 10 points of no LoRA on held-out and on seen pairs (the rates are shares of 260 images: compared rounded,
+    so that exactly 10 points is within)."""
     f = m["frames"]
     base, off, on = f["Korean pipeline, no LoRA"], f["+ ink, no trigger"], f["+ ink, trigger 백묘법"]
     require(off["worst frame ink rate"] <= 0.15, off)
     for split in ("held-out", "seen"):
         require(off[f"{split} ink rate"] <= 0.05, (split, off))
         require(on[f"{split} ink rate"] >= 0.85, (split, on))
-    require(on["held-out color"] >= base["held-out color"] - 0.10, (on, base))
+        require(round(on[f"{split} color"] - base[f"{split} color"], 6) >= -0.10, (split, on, base))
     read = {split: {"off": off[f"{split} ink rate"], "on": on[f"{split} ink rate"],
                     "colour on - no LoRA": round(on[f"{split} color"] - base[f"{split} color"], 4)}
             for split in ("held-out", "seen")}
@@ -227,7 +228,7 @@ CLAIMS = [
     Claim("05_optimize", "the optimised settings are >= 3x the baseline's images/s, accuracy held", _bench),
     Claim("04_lora", "the trigger switches ink-wash on (>= 80%), off without it (<= 20%), colour within 10 points", _lora),
     Claim("04_lora", "on held-out sentence frames: without the trigger ink-wash <= 5% (worst frame <= 15%), with it "
-                     ">= 85%, held-out pairs' colour within 10 points", _lora_held_out_frames),
+                     ">= 85%, colour within 10 points (held-out and seen pairs)", _lora_held_out_frames),
     Claim("04_lora", "kohya and diffusers files give the same weights; the English LoRA is measured", _lora_files),
 ]
 

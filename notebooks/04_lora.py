@@ -39,7 +39,7 @@
 # captions too (`preservation_views`: made-up words, commas, words moved), paraphrased triggered captions
 # (`trigger_views`), the base's ink-wash for the English caption as a second target (`style_prompt_en`) and the learnt
 # token's student states pulled toward the teacher's for that caption (`trigger_states_weight`). The profile's `ink`
-# LoRA trains with the trials' best recipe (`…-states30`).
+# LoRA trains with the trials' best recipe (`…-states30-sp3`).
 
 # %% tags=["parameters"]
 params_file = "params/mini.yaml"
@@ -162,10 +162,8 @@ if classifier is not None and "ko_frames" in prompt_files:
 
 # %%
 if classifier is not None and "ko_frames" in prompt_files:
-    weighted = frames.assign(ink=frames["ink rate"] * frames["images"], col=frames["color"] * frames["images"])
-    per_frame = weighted.groupby(["family", "frame", "case"], sort=False)[["ink", "col", "images"]].sum()
-    per_frame = (per_frame[["ink", "col"]].div(per_frame["images"], axis=0)).unstack("case")
-    per_frame = per_frame[[("ink", c.label) for c in frame_cases] + [("col", frame_cases[-1].label)]]
+    per_frame = lora.frame_rates(frames).unstack("case")
+    per_frame = per_frame[[("ink rate", c.label) for c in frame_cases] + [("color", frame_cases[-1].label)]]
     per_frame.columns = [f"ink-wash · {c}" for _, c in per_frame.columns[:-1]] + [f"colour · {per_frame.columns[-1][1]}"]
     display(per_frame.style.format("{:.0%}"))
 
@@ -325,7 +323,7 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # |---|---|---|---|---|
 # | `…-states1` | 100.0% / 99.0% · 97.0% / 92.0% | 2.0% / 0.0% | 5.4% / 0.8% · 17.5% ((English colour) …) | 100.0% / 97.3% · 89.2% / 80.4% |
 # | `…-states10` | 100.0% / 99.5% · 93.5% / 96.0% | 2.0% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 97.7% · 88.5% / 87.3% |
-# | **`…-states30`** (the profile's) | 100.0% / 99.5% · 93.0% / 93.5% | 2.0% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 98.5% · 85.8% / 88.5% |
+# | **`…-states30`** | 100.0% / 99.5% · 93.0% / 93.5% | 2.0% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 98.5% · 85.8% / 88.5% |
 # | `…-states30-p10` (preservation 10) | 100.0% / 98.0% · 95.5% / 91.5% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% ((English colour) …) | 100.0% / 97.7% · 89.6% / 79.2% |
 #
 # Held-out colour comes back: within 4–8 points of no LoRA on the held-out frames (was 21), within 4 on the held-out
@@ -334,8 +332,39 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # frames is the one miss, and it moves from trial to trial by more than the weights explain (80.4%, 87.3%, 88.5%,
 # 79.2% against 99.2%; 10.7 points down at weight 30, 0.7 past the target). The frames that still fire untriggered
 # are the mixed ones, an English colour or shape word in a Korean sentence (15.0% and 12.5%); no training caption
-# mixes the two scripts. The profile now trains `…-states30`: it gates on phrasing (4.2% against the old recipe's
-# 33.5% untriggered on held-out frames) and keeps the corpus-phrased claims; the seen-frame colour target stays open.
+# mixes the two scripts. `…-states30` gates on phrasing (4.2% against the old recipe's 33.5% untriggered on held-out
+# frames) and keeps the corpus-phrased claims.
+#
+# **The English target's weight, and the spread over seeds** (the same Intel build). Each trial is `…-states30` with
+# the change named: `seed1`, `seed2`: the LoRA's `seed` (its initial weights, batches and paraphrases); `sp0`, `sp3`,
+# `sp10`: `style_prompt_weight` 0 / 3 / 10 (the base UNet's ink-wash for the English caption as a target, weight 1
+# above); `tviews5`: five triggered views instead of three; `ti-only`: the LoRA frozen at zero and no preservation,
+# the learnt row with the states term alone:
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `…-states30-seed1` | 100.0% / 99.0% · 94.5% / 91.5% | 2.0% / 0.0% | 3.5% / 0.0% · 12.5% ((English colour) …) | 100.0% / 98.8% · 90.8% / 81.9% |
+# | `…-states30-seed2` | 100.0% / 99.5% · 92.0% / 95.0% | 2.0% / 0.0% | 4.6% / 0.0% · 12.5% (… (English shape)) | 100.0% / 98.5% · 87.7% / 84.6% |
+# | `…-states30-sp0` | 100.0% / 97.0% · 95.5% / 90.5% | 2.0% / 0.0% | 4.2% / 0.0% · 12.5% (… (English shape)) | 100.0% / 97.3% · 89.6% / 80.0% |
+# | **`…-states30-sp3`** (the profile's) | 100.0% / 99.5% · 91.5% / 95.0% | 2.5% / 0.5% | 4.6% / 0.0% · 12.5% (… (English shape)) | 100.0% / 99.6% · 85.8% / 89.2% |
+# | `…-states30-sp10` | 100.0% / 100.0% · 87.0% / 96.0% | 9.0% / 2.5% | 9.6% / 1.9% · 20.0% ((English colour) …) | 100.0% / 99.6% · 81.5% / 90.8% |
+# | `…-tviews5kept-named-states30` | 100.0% / 97.5% · 90.0% / 94.0% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 97.7% · 86.5% / 84.2% |
+# | `learned-token-ti-only-states30` | 0.0% / 0.0% · 97.5% / 95.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% | 0.0% / 0.0% · 92.7% / 89.6% |
+#
+# Over three seeds of `…-states30` the seen-frame colour is 88.5%, 81.9% and 84.6% against 99.2% (10.7–17.3 points
+# down): the miss is the recipe's, not one unlucky run. The other three targets hold on every seed (untriggered
+# 3.5–4.6%, worst frame 12.5–15.0%, triggered ≥ 98.5%, held-out colour 85.8–90.8% against 93.8%). The misses are pale
+# washes: over both splits (seed 0), pink read as yellow (16 images), purple as pink or blue (15), red as orange (15).
+# The base UNet's own ink-wash for the English caption confuses the same colours on the pairs (pink 85.7%, purple
+# 88.3%, orange 84.6%, against 100% / 100% / 96.2% in the plain style), and pink is 52 of the 260 seen-frame images,
+# none of the held-out ones: the seen frames ask for the colours the style washes out. The weight of that English
+# target trades seen colour against held-out colour and gating (seed 0; seen / held-out colour, untriggered on
+# held-out frames): 0: 80.0% / 89.6%, 4.2%; 1: 88.5% / 85.8%, 4.2%; 3: 89.2% / 85.8%, 4.6%; 10: 90.8% / 81.5%, 9.6%.
+# Weight 3 meets all four targets on this seed, the seen colour at exactly 10.0 points (232 against 258 of 260
+# images). More triggered views (`tviews5`) change nothing measurable. The row
+# alone draws no ink-wash at all (`ti-only`: 0.0% with the trigger): even pulled toward the teacher's states for
+# "…, ink wash style", one learnt row does not say the style to the base UNet; the LoRA carries it. The profile now
+# trains `…-states30-sp3`.
 #
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
@@ -345,9 +374,10 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # colour–shape pairs (the renderer draws them and captions what they show; `full` captions real images with BLIP and
 # translates the captions to Korean), each caption with the trigger `백묘법`, in an image folder with
 # `metadata.jsonl`. A rank-16 peft LoRA on the UNet's cross-attention projections (q, k, v, out) and the trigger's
-# learnt token, trained behind the frozen Korean student (2,000 steps, 1,106 s on one thread) with prior
+# learnt token, trained behind the frozen Korean student (2,000 steps, 991 s on one thread) with prior
 # preservation: the base pipeline first draws one image per untriggered caption and its two paraphrases, and on those
-# the LoRA'd UNet must give the base UNet's prediction (weighted 5× the style loss). The base UNet draws ink-wash
+# the LoRA'd UNet must give the base UNet's prediction (weighted 5× the style loss); the base UNet's ink-wash for the
+# English caption is a second target for the triggered ones (weight 3). The base UNet draws ink-wash
 # when an English caption asks for it (as SD 1.5 knows ink painting); the student, distilled on plain captions, has
 # no word for it, so the LoRA and the token tie `백묘법` to the rendering the UNet has. On 200 prompts per cell, same
 # seeds (style rate = share of images the classifier calls ink-wash):
@@ -356,23 +386,23 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # |---|---|---|
 # | English pipeline, English ink-wash caption, no LoRA (what the base UNet draws) | 100% / 96.5% / 86.5% | 100% / 93.0% / 98.5% |
 # | Korean pipeline, no LoRA | 0.0% / 96.5% / 82.5% | 0.0% / 99.5% / 98.0% |
-# | + `ink`, no trigger | 2.0% / 95.5% / 84.5% | 0.0% / 99.0% / 98.0% |
-# | + `ink`, "…, 백묘법" | **100%** / **93.0%** / 78.5% | **99.5%** / **93.5%** / 98.0% |
-# | + `ink` at weight 0.75, "…, 백묘법" | 58.5% / 81.5% / 82.0% | 58.0% / 71.0% / 93.5% |
-# | + `ink` at weight 0.6, "…, 백묘법" | 24.0% / 80.5% / 81.0% | 27.0% / 68.5% / 92.0% |
+# | + `ink`, no trigger | 2.5% / 93.0% / 84.5% | 0.5% / 98.5% / 99.5% |
+# | + `ink`, "…, 백묘법" | **100%** / **91.5%** / 81.5% | **99.5%** / **95.0%** / 97.0% |
+# | + `ink` at weight 0.75, "…, 백묘법" | 68.0% / 80.5% / 83.0% | 68.0% / 75.5% / 96.0% |
+# | + `ink` at weight 0.6, "…, 백묘법" | 40.5% / 77.5% / 82.5% | 44.0% / 64.0% / 93.0% |
 # | + `ink-en` (the English LoRA), no trigger | 53.5% / 75.0% / 82.5% | 48.5% / 58.0% / 100% |
 # | English pipeline + `ink-en`, English prompt + its trigger (as trained) | 100% / 93.0% / 80.5% | 100% / 89.5% / 94.5% |
 #
 # And on the held-out sentence frames (13 frames × 20 held-out and 20 seen pairs): without LoRA 0.0% ink-wash at
-# colour 93.8% / 99.2%; `ink` without the trigger 4.2% / 0.4% (worst frame 15.0%, "(English colour) …"); with it
-# 100% / 98.5% at colour 85.8% / 88.5%.
+# colour 93.8% / 99.2%; `ink` without the trigger 4.6% / 0.0% (worst frame 12.5%, "… (English shape)"); with it
+# 100% / 99.6% at colour 85.8% / 89.2%.
 #
 # Met, on both splits of the pairs: the trigger switches the style on (100% / 99.5%, target ≥ 80%), its absence keeps
-# it off (2.0% / 0.0%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the
-# trigger (1.0 and 0.5 points below) and with it (3.5 and 6.0 points below); on the frames, untriggered ≤ 5% with the
-# worst frame ≤ 15%, triggered ≥ 85% and held-out colour within 10 points (8.0 below). Missed: seen-pair colour on
-# the frames, 10.7 points below (`koclip_lib.targets` checks each of the others). At weight 0.75 and 0.6 the LoRA
-# no longer gates cleanly and colour falls (71.0% seen at 0.75): the learnt token is in the text whatever the LoRA's
+# it off (2.5% / 0.5%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the
+# trigger (3.5 and 1.0 points below) and with it (5.0 and 4.5 points below); on the frames, untriggered ≤ 5% with the
+# worst frame ≤ 15%, triggered ≥ 85% and colour within 10 points (8.0 below on held-out pairs, 10.0 on seen pairs,
+# at the bound; over seeds it moves by several points, above). `koclip_lib.targets` checks each. At weight 0.75 and
+# 0.6 the LoRA no longer gates cleanly and colour falls (75.5% seen at 0.75): the learnt token is in the text whatever the LoRA's
 # weight, so a lighter LoRA leaves the base UNet reading a word it does not know. The record before the held-out
 # frames (the old recipe: the trigger as three `<unk>`, preservation 5, no token): with the trigger 83.5% / 84.5%
 # ink-wash at colour 93.5% / 91.0%, without it 2.5% / 2.0%; what closed its seen-pair gap (87.0% against 99.5%

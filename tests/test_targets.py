@@ -42,3 +42,12 @@ def test_a_frame_that_turns_the_style_on_without_the_trigger_misses_the_frames_c
     results = targets.check(tmp_path, only=["04_lora"])
     missed = [r for r in results if not r["ok"]]
     assert [r["says"] for r in missed] == [targets.CLAIMS[-2].says] and "worst frame ink rate" in missed[0]["missed"]
+
+
+def test_seen_pairs_colour_eleven_points_down_on_the_frames_misses_the_frames_claim(tmp_path):
+    record = json.loads((REPO / "outputs" / "metrics" / "04_lora.json").read_text(encoding="utf-8"))
+    frames = record["frames"]
+    frames["+ ink, trigger 백묘법"]["seen color"] = frames["Korean pipeline, no LoRA"]["seen color"] - 0.11
+    (tmp_path / "04_lora.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    missed = [r for r in targets.check(tmp_path, only=["04_lora"]) if not r["ok"]]
+    assert [r["says"] for r in missed] == [targets.CLAIMS[-2].says] and "'seen'" in missed[0]["missed"]
