@@ -103,17 +103,25 @@ async def wait_ready(client: httpx.AsyncClient, until: float) -> None:
     raise SystemExit("the server never became ready (/readyz)")
 
 
-async def follow(client: httpx.AsyncClient, job_id: str, submitted: float, until: float, tally: Tally, poll_s: float):
-    """Poll one accepted job to a terminal state (riding out server restarts), then fetch its image."""
+async def get_through_restarts(client: httpx.AsyncClient, path: str, until: float, tally: Tally,
+                               poll_s: float) -> httpx.Response | None:
+    """GET `path`, a dropped connection (e.g. the server restarting) counted and retried until `until`; None if no
+    answer came by then."""
     while time.monotonic() < until:
         try:
-            r = await client.get(f"/v1/jobs/{job_id}")
+            return await client.get(path)
         except httpx.TransportError:
             tally.poll_errors += 1
             await asyncio.sleep(min(1.0, poll_s * 4))
-            continue
-        if r.status_code == 404:
-            break  # the server forgot an accepted job: lost
+    return None
+
+
+async def follow(client: httpx.AsyncClient, job_id: str, submitted: float, until: float, tally: Tally, poll_s: float):
+    """Poll one accepted job to a terminal state (riding out server restarts), then fetch its image."""
+    while time.monotonic() < until:
+        r = await get_through_restarts(client, f"/v1/jobs/{job_id}", until, tally, poll_s)
+        if r is None or r.status_code == 404:
+            break  # never answered in time, or the server forgot an accepted job: lost
         if r.status_code != 200:
             tally.poll_errors += 1
             await asyncio.sleep(poll_s)
@@ -134,18 +142,11 @@ async def follow(client: httpx.AsyncClient, job_id: str, submitted: float, until
 async def fetch_image(client: httpx.AsyncClient, job_id: str, until: float, tally: Tally, poll_s: float) -> bool:
     """Fetch a succeeded job's PNG; True when it came. A dropped connection (the server restarting between the poll
     and the fetch) and a 503 (the store unreadable for now) are retried until `until`, as polling is."""
-    while time.monotonic() < until:
-        try:
-            img = await client.get(f"/v1/jobs/{job_id}/image")
-        except httpx.TransportError:
-            tally.poll_errors += 1
-            await asyncio.sleep(min(1.0, poll_s * 4))
-            continue
-        if img.status_code == 503:
-            tally.poll_errors += 1
-            await asyncio.sleep(min(float(img.headers.get("Retry-After", 1)), 1.0))
-            continue
-        return img.status_code == 200 and img.content.startswith(b"\x89PNG")
+    while (img := await get_through_restarts(client, f"/v1/jobs/{job_id}/image", until, tally, poll_s)) is not None:
+        if img.status_code != 503:
+            return img.status_code == 200 and img.content.startswith(b"\x89PNG")
+        tally.poll_errors += 1
+        await asyncio.sleep(min(float(img.headers.get("Retry-After", 1)), 1.0))
     return False
 
 
