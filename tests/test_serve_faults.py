@@ -101,8 +101,12 @@ def test_a_worker_that_cannot_recover_exits_non_zero_and_the_restart_loses_no_jo
            "--no-warmup", "--store-timeout-s", "0.1", "--worker-give-up-s", "1", "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
 
+    # one torch thread, as loadtest's server: beside the other pytest worker two threads oversubscribe the two cores,
+    # and the 100-step job, 1 s alone, took 20-30 s
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
     def start():
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         until(lambda: _ready(url), timeout=60, what="the server to start")
         return proc
 
@@ -111,7 +115,7 @@ def test_a_worker_that_cannot_recover_exits_non_zero_and_the_restart_loses_no_jo
         job_id = httpx.post(f"{url}/v1/images", json={"prompt": "a red star", "steps": 100, "deadline_s": 600}).json()["job_id"]
         locker = sqlite3.connect(db, isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")
-        assert proc.wait(timeout=30) == 70, proc.stdout.read()
+        assert proc.wait(timeout=60) == 70, proc.stdout.read()
         locker.execute("ROLLBACK")
         locker.close()
     finally:
