@@ -101,8 +101,8 @@ def test_a_worker_that_cannot_recover_exits_non_zero_and_the_restart_loses_no_jo
            "--no-warmup", "--store-timeout-s", "0.1", "--worker-give-up-s", "1", "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
 
-    # one torch thread, as loadtest's server: beside the other pytest worker two threads oversubscribe the two cores,
-    # and the 100-step job, 1 s alone, took 20-30 s
+    # one torch thread, as loadtest's server: beside the other pytest worker, two threads oversubscribe the two cores
+    # and can stretch the 100-step job (about 1 s alone) past the wait for exit 70
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def start():
