@@ -337,8 +337,8 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 #
 # **The English target's weight, and the spread over seeds** (the same Intel build). Each trial is `…-states30` with
 # the change named: `seed1`, `seed2`: the LoRA's `seed` (its initial weights, batches and paraphrases); `sp0`, `sp3`,
-# `sp10`: `style_prompt_weight` 0 / 3 / 10 (the base UNet's ink-wash for the English caption as a target, weight 1
-# above); `tviews5`: five triggered views instead of three; `ti-only`: the LoRA frozen at zero and no preservation,
+# `sp5`, `sp10`: `style_prompt_weight` 0 / 3 / 5 / 10 (the base UNet's ink-wash for the English caption as a target,
+# weight 1 above); `tviews5`: five triggered views instead of three; `ti-only`: the LoRA frozen at zero and no preservation,
 # the learnt row with the states term alone:
 #
 # | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
@@ -348,6 +348,8 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # | `…-states30-sp0` | 100.0% / 97.0% · 95.5% / 90.5% | 2.0% / 0.0% | 4.2% / 0.0% · 12.5% (… (English shape)) | 100.0% / 97.3% · 89.6% / 80.0% |
 # | **`…-states30-sp3`** (the profile's) | 100.0% / 99.5% · 91.5% / 95.0% | 2.5% / 0.5% | 4.6% / 0.0% · 12.5% (… (English shape)) | 100.0% / 99.6% · 85.8% / 89.2% |
 # | `…-states30-sp3-seed1` | 100.0% / 99.5% · 90.0% / 92.5% | 2.0% / 0.5% | 3.8% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.6% · 83.8% / 84.2% |
+# | `…-states30-sp3-seed2` | 100.0% / 100.0% · 91.0% / 95.0% | 4.5% / 0.0% | 6.9% / 0.0% · 12.5% (… (English shape)) | 100.0% / 99.6% · 86.5% / 86.9% |
+# | `…-states30-sp5-seed1` | 100.0% / 99.5% · 92.5% / 93.0% | 3.5% / 0.5% | 5.8% / 0.8% · 17.5% ((English colour) …) | 100.0% / 99.6% · 83.8% / 87.7% |
 # | `…-states30-sp10` | 100.0% / 100.0% · 87.0% / 96.0% | 9.0% / 2.5% | 9.6% / 1.9% · 20.0% ((English colour) …) | 100.0% / 99.6% · 81.5% / 90.8% |
 # | `…-tviews5kept-named-states30` | 100.0% / 97.5% · 90.0% / 94.0% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 97.7% · 86.5% / 84.2% |
 # | `learned-token-ti-only-states30` | 0.0% / 0.0% · 97.5% / 95.0% | 0.0% / 0.0% | 0.0% / 0.0% · 0.0% | 0.0% / 0.0% · 92.7% / 89.6% |
@@ -362,8 +364,11 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # target trades seen colour against held-out colour and gating (seed 0; seen / held-out colour, untriggered on
 # held-out frames): 0: 80.0% / 89.6%, 4.2%; 1: 88.5% / 85.8%, 4.2%; 3: 89.2% / 85.8%, 4.6%; 10: 90.8% / 81.5%, 9.6%.
 # Weight 3 meets all four targets on seed 0, the seen colour at exactly 10.0 points (232 against 258 of 260 images);
-# on seed 1 it misses it by 5 (84.2%, 15.0 points down; held-out colour 10.0 down, gating as on seed 0). So weight 3
-# moves the seen colour up, not past the target on every seed: the seen-frame colour stays open. More triggered
+# on seed 1 it misses it by 5 (84.2%, 15.0 points down; held-out colour 10.0 down, gating as on seed 0), on seed 2
+# by 2.3 (86.9%, 12.3 down), and seed 2 also lets 6.9% of the untriggered held-out frame images turn ink-wash (target
+# ≤ 5%). Weight 5 on seed 1 raises its seen colour to 87.7% (11.5 down) and lets more through untriggered (5.8%, worst
+# frame 17.5%). So weight 3 moves the seen colour up, not past the target on every seed: over seeds 0, 1, 2 it meets
+# all four targets on seed 0 only, and the frame targets stay open. More triggered
 # views (`tviews5`) change nothing measurable. The row alone draws no ink-wash at all (`ti-only`: 0.0% with the
 # trigger): even pulled toward the teacher's states for "…, ink wash style", one learnt row does not say the style
 # to the base UNet; the LoRA carries it. The profile now trains `…-states30-sp3` (seed 0, the record below).
