@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from koclip_lib.run import KERNEL_ENV
 from koclip_lib.serve import PipelineEngine, ServiceTime, Settings, create_app, work_units
 from test_serve import Running, make_app, submit, wait_state
 
@@ -101,9 +102,9 @@ def test_a_worker_that_cannot_recover_exits_non_zero_and_the_restart_loses_no_jo
            "--no-warmup", "--store-timeout-s", "0.1", "--worker-give-up-s", "1", "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
 
-    # one torch thread, as loadtest's server: beside the other pytest worker, two threads oversubscribe the two cores
-    # and can stretch the 100-step job (about 1 s alone) past the wait for exit 70
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # one torch thread, as the notebooks' kernels: beside the other pytest worker, two threads oversubscribe the two
+    # cores and can stretch the 100-step job (about 1 s alone) past the wait for exit 70
+    env = {**os.environ, **KERNEL_ENV}
 
     def start():
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -33,21 +33,24 @@ def test_a_missed_target_fails_the_command_and_names_the_claim(tmp_path):
     assert any("03_sd_sweep" in line for line in missed) and "03_sd_sweep.json missing" in proc.stdout
 
 
-def test_a_frame_that_turns_the_style_on_without_the_trigger_misses_the_frames_claim(tmp_path):
-    """One held-out frame at 20% untriggered ink-wash misses the frames claim, even with every split's mean under 5%."""
+def _missed_with_frames(tmp_path, edit) -> list[dict]:
+    """The 04_lora claims missed on the committed record with `edit` applied to its `frames` (it holds unedited)."""
     record = json.loads((REPO / "outputs" / "metrics" / "04_lora.json").read_text(encoding="utf-8"))
     assert targets._lora_held_out_frames(record)
-    record["frames"]["+ ink, no trigger"]["worst frame ink rate"] = 0.2
+    edit(record["frames"])
     (tmp_path / "04_lora.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    results = targets.check(tmp_path, only=["04_lora"])
-    missed = [r for r in results if not r["ok"]]
+    return [r for r in targets.check(tmp_path, only=["04_lora"]) if not r["ok"]]
+
+
+def test_a_frame_that_turns_the_style_on_without_the_trigger_misses_the_frames_claim(tmp_path):
+    """One held-out frame at 20% untriggered ink-wash misses the frames claim, even with every split's mean under 5%."""
+    missed = _missed_with_frames(tmp_path, lambda f: f["+ ink, no trigger"].update({"worst frame ink rate": 0.2}))
     assert [r["says"] for r in missed] == [targets.CLAIMS[-2].says] and "worst frame ink rate" in missed[0]["missed"]
 
 
 def test_seen_pairs_colour_eleven_points_down_on_the_frames_misses_the_frames_claim(tmp_path):
-    record = json.loads((REPO / "outputs" / "metrics" / "04_lora.json").read_text(encoding="utf-8"))
-    frames = record["frames"]
-    frames["+ ink, trigger 백묘법"]["seen color"] = frames["Korean pipeline, no LoRA"]["seen color"] - 0.11
-    (tmp_path / "04_lora.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    missed = [r for r in targets.check(tmp_path, only=["04_lora"]) if not r["ok"]]
+    def eleven_down(frames):
+        frames["+ ink, trigger 백묘법"]["seen color"] = frames["Korean pipeline, no LoRA"]["seen color"] - 0.11
+
+    missed = _missed_with_frames(tmp_path, eleven_down)
     assert [r["says"] for r in missed] == [targets.CLAIMS[-2].says] and "'seen'" in missed[0]["missed"]
