@@ -161,6 +161,10 @@ class LoraTrainConfig:
     # learns to say the style in the words the base UNet already draws, colours kept, rather than to be a signal only
     # the LoRA reads, which the caption's own words attend to as well. 0: the row learns through the UNet alone
     trigger_states_weight: float = 0.0
+    # Gaussian noise of this standard deviation added to the text states the trained UNet reads, triggered and
+    # preservation captions alike (the preserved target reads the same noisy states): the LoRA's answer then holds for
+    # states near the training captions', as sentences never trained on give. 0: the states as encoded
+    states_noise: float = 0.0
     prior_steps: int = 20                 # how the base pipeline draws the class images
     prior_guidance: float = 7.5
     resolution: int | None = None         # None: the UNet's own (sample_size x the VAE's scale factor)
@@ -406,6 +410,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             cond = cond.to(unet.dtype)
         else:
             cond = batch.take(states[rows]).to(unet.device, unet.dtype)
+        if cfg.states_noise:
+            cond = cond + batch.take(cfg.states_noise * torch.randn((len(idx), *cond.shape[1:]), generator=gen)).to(cond)
         predicted = trained(x_t, t, encoder_hidden_states=cond).sample.float()
         style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
@@ -424,6 +430,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             x_t, t, _ = noisy(idx, gen, batch, prior)
             keep = plain[idx].clone()
             keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = _pad_windows(empty, empty[0], keep.shape[1])[0]
+            if cfg.states_noise:
+                keep = keep + cfg.states_noise * torch.randn(keep.shape, generator=gen)
             keep = batch.take(keep).to(unet.device, unet.dtype)
             kept = F.mse_loss(trained(x_t, t, encoder_hidden_states=keep).sample.float(), base_prediction(x_t, t, keep))
             out["loss"] = out["loss"] + cfg.preservation_weight * kept

@@ -510,6 +510,19 @@ def test_trigger_views_a_fixed_norm_row_and_the_english_style_prompt(korean_pipe
     assert max(float((named[k] - images[k]).abs().max()) for k in named) > 1e-4
 
 
+def test_states_noise_trains_on_perturbed_text_states(korean_pipe, ink_data, tmp_path):
+    """`states_noise` adds Gaussian noise to the states the trained UNet reads (triggered and preservation captions):
+    the LoRA then differs from one trained on the states as encoded, from the same seed and batches."""
+    from safetensors.torch import load_file
+
+    lora.unload_loras(korean_pipe)
+    for name, noise in (("clean", 0.0), ("noisy", 0.5)):
+        lora.train_lora(tmp_path / name, korean_pipe, ink_data, tiny_config(states_noise=noise), name=name)
+    clean, noisy = (load_file(str(tmp_path / d / lora.WEIGHT_NAME)) for d in ("clean", "noisy"))
+    assert clean.keys() == noisy.keys()
+    assert max(float((clean[k] - noisy[k]).abs().max()) for k in clean) > 1e-4
+
+
 def test_trigger_states_weight_pulls_the_learnt_row_toward_the_style_named_in_english(korean_pipe, ink_data, tiny_parts,
                                                                                       tmp_path):
     """`trigger_states_weight` adds the text encoder's distance, for the triggered captions, to the base text encoder's
