@@ -373,6 +373,30 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # trigger): even pulled toward the teacher's states for "…, ink wash style", one learnt row does not say the style
 # to the base UNet; the LoRA carries it. The profile now trains `…-states30-sp3` (seed 0, the record below).
 #
+# **Levers on the seeds that miss** (the same Intel build). Each trial is the profile's `…-states30-sp3` with the
+# change named, on LoRA seed 1 (seen-frame colour 84.2%) or seed 2 (86.9%, and 6.9% untriggered): `states100`:
+# `trigger_states_weight` 100; `end-only`: the trigger always at the end in training (`trigger_positions: [end]`, as
+# the frames ask for it); `vout`: the LoRA on the value and output projections only, the base UNet's attention kept;
+# `noise0.1`: Gaussian noise (σ 0.1) on the states the trained UNet reads (`states_noise`), so that its answer holds
+# near the training captions' states, where unseen sentences land; `sp5`: `style_prompt_weight` 5:
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `…-sp3-states100-seed1` | 100.0% / 99.5% · 90.5% / 94.0% | 2.5% / 0.0% | 3.5% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.6% · 84.2% / 87.3% |
+# | `…-sp3-states100-seed2` | 100.0% / 100.0% · 86.5% / 96.0% | 3.0% / 0.0% | 5.4% / 0.0% · 12.5% (… (English shape)) | 100.0% / 99.6% · 85.8% / 87.7% |
+# | `…-sp3-end-only-seed1` | 100.0% / 99.5% · 90.0% / 94.0% | 2.0% / 0.0% | 3.5% / 0.0% · 12.5% ((English colour) …) | 100.0% / 99.6% · 84.2% / 84.6% |
+# | `…-sp3-states100-vout-seed1` | 100.0% / 99.5% · 95.5% / 91.0% | 9.5% / 1.5% | 11.9% / 2.7% · 22.5% ((English colour) …) | 100.0% / 98.5% · 86.9% / 83.1% |
+# | `…-sp3-states100-noise0.1-seed1` | 100.0% / 99.5% · 88.5% / 92.0% | 3.0% / 0.5% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 98.5% · 83.1% / 83.8% |
+# | `…-sp3-states100-sp5-seed1` | 100.0% / 99.5% · 91.0% / 92.5% | 2.5% / 0.5% | 5.0% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.6% · 84.6% / 86.2% |
+#
+# None closes the gap. Weight 100 on the token's states raises the seen-frame colour on both seeds (seed 1: 84.2% →
+# 87.3%; seed 2: 86.9% → 87.7%), still 11.9 and 11.5 points below no LoRA, and seed 2 still lets 5.4% of the
+# untriggered held-out frame images turn ink-wash. Adding weight 5 on the English target to it gives back what weight
+# 100 won (86.2%). Training the trigger at the end only changes nothing measurable (84.6%). The LoRA on value and
+# output alone loses the gating (11.9% untriggered, worst frame 22.5%): the gate needs the LoRA on the queries and
+# keys as well. Noise on the states costs colour (83.8%). So the profile keeps `…-states30-sp3`, whose seen-frame
+# colour on seeds 1 and 2 stays 15.0 and 12.3 points down.
+#
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
 # runs tried on the way to the profile's settings. A fresh clone's `make all` on the same kind of machine (77 min:
