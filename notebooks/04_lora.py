@@ -378,7 +378,8 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # `trigger_states_weight` 100; `end-only`: the trigger always at the end in training (`trigger_positions: [end]`, as
 # the frames ask for it); `vout`: the LoRA on the value and output projections only, the base UNet's attention kept;
 # `noise0.1`: Gaussian noise (σ 0.1) on the states the trained UNet reads (`states_noise`), so that its answer holds
-# near the training captions' states, where unseen sentences land; `sp5`: `style_prompt_weight` 5:
+# near the training captions' states, where unseen sentences land; `sp5`: `style_prompt_weight` 5; `fixed-norm`: the
+# learnt row held at its start's norm (`trigger_token_fixed_norm`); `r32`: rank 32 (alpha 32):
 #
 # | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
 # |---|---|---|---|---|
@@ -388,14 +389,19 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # | `…-sp3-states100-vout-seed1` | 100.0% / 99.5% · 95.5% / 91.0% | 9.5% / 1.5% | 11.9% / 2.7% · 22.5% ((English colour) …) | 100.0% / 98.5% · 86.9% / 83.1% |
 # | `…-sp3-states100-noise0.1-seed1` | 100.0% / 99.5% · 88.5% / 92.0% | 3.0% / 0.5% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 98.5% · 83.1% / 83.8% |
 # | `…-sp3-states100-sp5-seed1` | 100.0% / 99.5% · 91.0% / 92.5% | 2.5% / 0.5% | 5.0% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.6% · 84.6% / 86.2% |
+# | `…-sp3-fixed-norm-seed1` | 92.5% / 89.0% · 94.5% / 93.0% | 7.5% / 2.5% | 19.6% / 13.5% · 57.5% (그림에는 … 하나만 보인다) | 89.6% / 88.5% · 82.7% / 89.6% |
+# | `…-sp3-r32-seed1` | 100.0% / 99.5% · 89.0% / 94.5% | 2.5% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.6% · 83.8% / 87.3% |
 #
 # None closes the gap. Weight 100 on the token's states raises the seen-frame colour on both seeds (seed 1: 84.2% →
 # 87.3%; seed 2: 86.9% → 87.7%), still 11.9 and 11.5 points below no LoRA, and seed 2 still lets 5.4% of the
 # untriggered held-out frame images turn ink-wash. Adding weight 5 on the English target to it gives back what weight
 # 100 won (86.2%). Training the trigger at the end only changes nothing measurable (84.6%). The LoRA on value and
 # output alone loses the gating (11.9% untriggered, worst frame 22.5%): the gate needs the LoRA on the queries and
-# keys as well. Noise on the states costs colour (83.8%). So the profile keeps `…-states30-sp3`, whose seen-frame
-# colour on seeds 1 and 2 stays 15.0 and 12.3 points down.
+# keys as well. Noise on the states costs colour (83.8%). Holding the row at the embeddings' mean norm loses the gate
+# altogether (19.6% untriggered, worst frame 57.5%): the gate rests on the learnt row's norm (3.25 in the profile's
+# `learned_embeds.safetensors`, 2.0–3.6 over the trials', against at most 0.51 for the student's words). Rank 32 gains
+# as much as weight 100 (87.3%; held-out colour 83.8%, on the bound). So the profile keeps `…-states30-sp3`, whose
+# seen-frame colour on seeds 1 and 2 stays 15.0 and 12.3 points down.
 #
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier

@@ -512,7 +512,7 @@ def test_trigger_views_a_fixed_norm_row_and_the_english_style_prompt(korean_pipe
 
 def test_states_noise_trains_on_perturbed_text_states(korean_pipe, ink_data, tmp_path):
     """`states_noise` adds Gaussian noise to the states the trained UNet reads (triggered and preservation captions):
-    the LoRA then differs from one trained on the states as encoded, from the same seed and batches."""
+    the LoRA then differs from one trained on the states as encoded, from the same seed."""
     from safetensors.torch import load_file
 
     lora.unload_loras(korean_pipe)
