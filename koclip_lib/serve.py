@@ -1540,6 +1540,9 @@ def create_app(engine, settings: Optional[Settings] = None) -> FastAPI:
         async def stream():
             try:
                 snapshot = service.status(job_id) or {"job_id": job_id, "state": "unknown"}
+                progress = snapshot.get("progress") or {}
+                if progress.get("step"):  # a late subscriber sees how far the job got, before a final state ends it
+                    yield _sse("progress", {"event": "progress", "job_id": job_id, **progress})
                 yield _sse("state", {"event": "state", **snapshot})
                 if snapshot["state"] not in TERMINAL:
                     while True:

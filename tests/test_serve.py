@@ -330,6 +330,24 @@ def test_events_stream_state_changes_and_every_denoising_step(live):
                       ("state", "succeeded")]
 
 
+def test_a_subscriber_that_joins_after_the_job_ended_gets_its_progress_then_its_state(live):
+    """The page opens its event stream after submitting (and, with a key, after fetching a token): a job that has
+    already finished still reports how far it got, before the final state that ends the stream."""
+    import httpx
+
+    url, app = live
+    with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
+        job = client.post("/v1/images", json={"prompt": "a red star", "steps": 3}).json()["job_id"]
+        for _ in range(200):
+            if client.get(f"/v1/jobs/{job}").json()["state"] == "succeeded":
+                break
+            time.sleep(0.05)
+        text = client.get(f"/v1/jobs/{job}/events").text
+    events = [(block.split("\n")[0][7:], json.loads(block.split("\n")[1][6:])) for block in text.strip().split("\n\n")]
+    assert [(name, data.get("step", data.get("state"))) for name, data in events] == [("progress", 3), ("state", "succeeded")]
+    assert events[0][1]["steps"] == 3
+
+
 def test_loadtest_against_a_live_server_loses_no_job(live, capsys):
     from koclip_lib import loadtest
 
