@@ -338,10 +338,7 @@ def test_a_subscriber_that_joins_after_the_job_ended_gets_its_progress_then_its_
     url, app = live
     with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
         job = client.post("/v1/images", json={"prompt": "a red star", "steps": 3}).json()["job_id"]
-        for _ in range(200):
-            if client.get(f"/v1/jobs/{job}").json()["state"] == "succeeded":
-                break
-            time.sleep(0.05)
+        assert wait_state(client, job)["state"] == "succeeded"
         text = client.get(f"/v1/jobs/{job}/events").text
     events = [(block.split("\n")[0][7:], json.loads(block.split("\n")[1][6:])) for block in text.strip().split("\n\n")]
     assert [(name, data.get("step", data.get("state"))) for name, data in events] == [("progress", 3), ("state", "succeeded")]
