@@ -15,7 +15,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -62,6 +62,7 @@ class PromptRow:
     prompt: str
     attributes: dict[str, str]  # attribute -> expected English value; absent attributes are not scored
     line: int
+    columns: dict[str, str] = field(default_factory=dict)  # every column of its line (a frame file's frame, family, ...)
 
 
 def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = None) -> list[PromptRow]:
@@ -101,7 +102,7 @@ def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = N
                 if known is not None and value not in known.get(name, [value]):
                     raise PromptFileError(f"{path}:{line_no}: unknown {name} {value!r}; known: {', '.join(known[name])}")
                 attributes[name] = value
-            rows.append(PromptRow(record["prompt"], attributes, line_no))
+            rows.append(PromptRow(record["prompt"], attributes, line_no, record))
     if not rows:
         raise PromptFileError(f"{path}: no prompts after the header")
     return rows

@@ -681,15 +681,15 @@ def evaluate_frames(pipes: dict, classifier, frame_file: str | Path, registry: L
     `family` and `pairs` columns: prompts in sentence frames no training caption used), same seeds in every case.
     Returns a DataFrame, one row per (case, frame, pairs): images, the share the judge calls `style`, colour and
     shape accuracy; `frame_summary` condenses it."""
-    import csv
-
     import pandas as pd
 
-    from .evaluate import evaluate_rows, read_prompt_tsv
+    from .evaluate import PromptFileError, evaluate_rows, read_prompt_tsv
 
     rows = read_prompt_tsv(frame_file)
-    with open(frame_file, encoding="utf-8-sig", newline="") as f:
-        groups = [(r["frame"], r["family"], r["pairs"]) for r in csv.DictReader(f, delimiter="\t") if r["prompt"].strip()]
+    missing = [c for c in ("frame", "family", "pairs") if c not in rows[0].columns]
+    if missing:
+        raise PromptFileError(f"{frame_file}:1: missing column(s) {', '.join(missing)} of a frame file")
+    groups = [(r.columns["frame"], r.columns["family"], r.columns["pairs"]) for r in rows]
     records = []
     for case in cases:
         pipe = pipes[case.pipeline]

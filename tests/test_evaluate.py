@@ -19,6 +19,7 @@ def test_reads_required_and_optional_columns(tmp_path):
     rows = evaluate.read_prompt_tsv(_tsv(tmp_path, "prompt\tcolor\tshape\tposition\n빨간 별\tred\tstar\t\na blue heart on the left\tblue\theart\tleft\n"))
     assert [r.attributes for r in rows] == [{"color": "red", "shape": "star"}, {"color": "blue", "shape": "heart", "position": "left"}]
     assert rows[1].line == 3
+    assert rows[1].columns == {"prompt": "a blue heart on the left", "color": "blue", "shape": "heart", "position": "left"}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from koclip_lib import lora
+from koclip_lib import evaluate, lora
 from koclip_lib import miniworld as mw
 from koclip_lib.common import REPO_ROOT, load_params
 
@@ -446,6 +446,10 @@ def test_frame_evaluation_scores_every_frame_and_names_the_worst(trained, korean
         assert per_frame[summary.loc[case, "worst frame"]] == pytest.approx(per_frame.max())
         held = frames[(frames.case == case) & (frames.pairs == "held-out")]
         assert summary.loc[case, "held-out color"] == pytest.approx(held["color"].mean())
+    plain = tmp_path / "plain.tsv"  # a prompt file without the frame columns is refused before any image is drawn
+    plain.write_text("prompt\tcolor\tshape\n빨간 별\tred\tstar\n", encoding="utf-8")
+    with pytest.raises(evaluate.PromptFileError, match=r"plain.tsv:1: missing column\(s\) frame, family, pairs"):
+        lora.evaluate_frames({"ko": korean_pipe}, classifier, plain, registry, cases, steps=2)
 
 
 def test_frame_rates_weigh_each_kind_of_pairs_by_its_images():
