@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "default": {},
     # MKL's reproducible SSE2 branch on Intel and other vendors alike, ATen's AVX2 kernels whatever the CPU offers
-    # beyond them, and convolutions through ATen + MKL instead of oneDNN, whose kernels are chosen by the CPU
-    "stable kernels": {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "mkldnn": "0"},
+    # beyond them, and convolutions through ATen + MKL instead of oneDNN, whose kernels are chosen by the CPU (the child
+    # turns oneDNN off where KOCLIP_MKLDNN is 0: torch has no environment variable for it)
+    "stable kernels": {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "KOCLIP_MKLDNN": "0"},
 }
 CPUS = {
     "this CPU": {},
@@ -70,7 +71,7 @@ def main() -> int:
     if not (Path(args.unet) / "config.json").is_file():
         ap.exit(2, f"kernel_stability: error: no UNet config at {args.unet}/config.json (run --build, or pass --unet)\n")
     if args.child:
-        print(json.dumps(train(args.unet, args.steps, os.environ.get("KOCLIP_MKLDNN", "1") == "1")))
+        print(json.dumps(train(args.unet, args.steps, os.environ.get("KOCLIP_MKLDNN", "1") != "0")))
         return 0
 
     sys.path.insert(0, str(REPO))
@@ -81,8 +82,7 @@ def main() -> int:
     rows = []
     for setting, overrides in SETTINGS.items():
         for cpu, caps in CPUS.items():
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **caps,
-                   **{k: v for k, v in overrides.items() if k != "mkldnn"}, "KOCLIP_MKLDNN": overrides.get("mkldnn", "1")}
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **caps, **overrides}
             out = subprocess.run([sys.executable, __file__, "--child", "--unet", args.unet, "--steps", str(args.steps)],
                                  env=env, capture_output=True, text=True, check=True).stdout
             rows.append({"setting": setting, "cpu": cpu, **json.loads(out.strip().splitlines()[-1])})
