@@ -65,10 +65,12 @@ class PromptRow:
     columns: dict[str, str] = field(default_factory=dict)  # every column of its line (a frame file's frame, family, ...)
 
 
-def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = None) -> list[PromptRow]:
+def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = None,
+                    columns: Sequence[str] = ()) -> list[PromptRow]:
     """Rows of a prompt TSV; with `known` (a judge's `attributes`, {name: values}), a value the judge cannot read is an
     error naming the file and line. A file with only a `prompt` column is a plain prompt list (what a profile without
-    a judge generates from); with attribute columns, colour and shape are required."""
+    a judge generates from); with attribute columns, colour and shape are required, and so are `columns` (a frame
+    file's `frame`, `family`, `pairs`)."""
     path = Path(path)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
@@ -80,7 +82,7 @@ def read_prompt_tsv(path: str | Path, known: dict[str, Sequence[str]] | None = N
         if plain and known is not None:
             raise PromptFileError(f"{path}:1: a plain prompt list (no {', '.join(REQUIRED_COLUMNS[1:])} columns): "
                                   "nothing for the judge to score")
-        missing = [c for c in (("prompt",) if plain else REQUIRED_COLUMNS) if c not in header]
+        missing = [c for c in (("prompt",) if plain else REQUIRED_COLUMNS) + tuple(columns) if c not in header]
         if missing:
             raise PromptFileError(f"{path}:1: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}")
         rows = []

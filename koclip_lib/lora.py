@@ -683,12 +683,9 @@ def evaluate_frames(pipes: dict, classifier, frame_file: str | Path, registry: L
     shape accuracy; `frame_summary` condenses it."""
     import pandas as pd
 
-    from .evaluate import PromptFileError, evaluate_rows, read_prompt_tsv
+    from .evaluate import evaluate_rows, read_prompt_tsv
 
-    rows = read_prompt_tsv(frame_file)
-    missing = [c for c in ("frame", "family", "pairs") if c not in rows[0].columns]
-    if missing:
-        raise PromptFileError(f"{frame_file}:1: missing column(s) {', '.join(missing)} of a frame file")
+    rows = read_prompt_tsv(frame_file, columns=("frame", "family", "pairs"))
     groups = [(r.columns["frame"], r.columns["family"], r.columns["pairs"]) for r in rows]
     records = []
     for case in cases:
