@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -78,26 +77,25 @@ def main() -> int:
     import torch
 
     from koclip_lib.bench import environment
+    from koclip_lib.realtext import slug
+    from koclip_lib.run import KERNEL_ENV
 
     rows = []
     for setting, overrides in SETTINGS.items():
         for cpu, caps in CPUS.items():
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **caps, **overrides}
+            env = {**os.environ, **KERNEL_ENV, **caps, **overrides}
             out = subprocess.run([sys.executable, __file__, "--child", "--unet", args.unet, "--steps", str(args.steps)],
                                  env=env, capture_output=True, text=True, check=True).stdout
             rows.append({"setting": setting, "cpu": cpu, **json.loads(out.strip().splitlines()[-1])})
-    for setting in SETTINGS:
-        hashes = {r["weights_sha256"] for r in rows if r["setting"] == setting}
-        for r in rows:
-            if r["setting"] == setting:
-                r["same weights on both CPUs"] = len(hashes) == 1
+    hashes = {setting: {r["weights_sha256"] for r in rows if r["setting"] == setting} for setting in SETTINGS}
+    for r in rows:
+        r["same weights on both CPUs"] = len(hashes[r["setting"]]) == 1
     print(f"{'setting':16s} {'CPU':28s} {'ATen':8s} {'weights sha256':18s} {'same':5s} {'seconds':>7s}")
     for r in rows:
         print(f"{r['setting']:16s} {r['cpu']:28s} {r['capability']:8s} {r['weights_sha256']:18s} "
               f"{str(r['same weights on both CPUs']):5s} {r['seconds']:7.2f}")
     machine = environment(torch.device("cpu"))
-    slug = re.sub(r"[^a-z0-9]+", "-", machine["device_name"].lower()).strip("-")
-    out_file = Path(args.out) / f"kernel-stability-{slug}.json"
+    out_file = Path(args.out) / f"kernel-stability-{slug(machine['device_name'])}.json"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps({"environment": machine, "steps": args.steps, "settings": SETTINGS, "cpus": CPUS,
                                     "rows": rows}, indent=2) + "\n", encoding="utf-8")
