@@ -135,6 +135,10 @@ class LoraTrainConfig:
     # untriggered captions per image for preservation: its own and `preservation_views - 1` paraphrases (`paraphrase`),
     # each with its class image, so that no sentence shape or unfamiliar word, only the trigger, turns the style on
     preservation_views: int = 1
+    # class images for the first `prior_images` images' captions only (x `preservation_views`), each step's
+    # preservation rows drawn among them: more training images without the base pipeline drawing a class image for
+    # each. None: every image's
+    prior_images: int | None = None
     # the trigger as one token of its own, a new row of the text encoder's embeddings saved beside the LoRA
     # (TRIGGER_EMBEDDING_NAME) and loaded with it; otherwise a word the tokenizer does not know reads as the pieces
     # it splits into (`<unk>` for a tokenizer without byte fallback), which unfamiliar words in any prompt share
@@ -354,9 +358,10 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
                         "trigger_token and learn_trigger_token, and style_prompt_en")
     plain = prior = None
     if cfg.preservation_weight:
-        # view k of image i is row k * len(latents) + i: its caption, then its paraphrases
-        plain_captions = plain_source + [paraphrase(c, rng, words, avoid=cfg.trigger)
-                                         for _ in range(cfg.preservation_views - 1) for c in plain_source]
+        # view k of image i is row k * n_prior + i: its caption, then its paraphrases
+        prior_source = plain_source[:cfg.prior_images]
+        plain_captions = prior_source + [paraphrase(c, rng, words, avoid=cfg.trigger)
+                                         for _ in range(cfg.preservation_views - 1) for c in prior_source]
         plain = _text_states(pipe, plain_captions, empty[0])
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
     n_val = max(1, int(len(latents) * cfg.val_fraction))
@@ -425,8 +430,10 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             out["loss"] = out["loss"] + cfg.style_prompt_weight * follow
             out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
+            n_prior = len(prior) // cfg.preservation_views
+            idx = idx % n_prior
             if cfg.preservation_views > 1:
-                idx = idx + len(latents) * torch.randint(cfg.preservation_views, (len(idx),), generator=gen)
+                idx = idx + n_prior * torch.randint(cfg.preservation_views, (len(idx),), generator=gen)
             x_t, t, _ = noisy(idx, gen, batch, prior)
             keep = plain[idx].clone()
             keep[torch.rand(len(idx), generator=gen) < cfg.empty_prob] = _pad_windows(empty, empty[0], keep.shape[1])[0]
@@ -483,8 +490,9 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             "a1111_file": a1111_sidecar(kohya).name,
             "trigger_embedding_file": TRIGGER_EMBEDDING_NAME if token is not None else None, "base_model": base_model, "license": license,
             "rank": cfg.rank, "alpha": cfg.alpha, "target_modules": list(cfg.target_modules), "resolution": resolution,
-            "images": len(latents), "text_encoder": type(pipe.text_encoder).__name__, "steps": log["steps"],
-            "seconds": log["seconds"], "config": asdict(cfg)}
+            "images": len(latents), "class_images": 0 if prior is None else len(prior),
+            "text_encoder": type(pipe.text_encoder).__name__, "steps": log["steps"], "seconds": log["seconds"],
+            "config": asdict(cfg)}
     write_json(out_dir / "lora.json", card)
     # the card's snippet loads what `pipe` was loaded from; a saved Korean pipeline's student is its own subfolder
     korean = card["text_encoder"] == "KoreanTextEncoder"

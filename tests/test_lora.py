@@ -527,6 +527,24 @@ def test_states_noise_trains_on_perturbed_text_states(korean_pipe, ink_data, tmp
     assert max(float((clean[k] - noisy[k]).abs().max()) for k in clean) > 1e-4
 
 
+def test_prior_images_draws_class_images_for_the_first_images_only(korean_pipe, ink_data, tmp_path):
+    """`prior_images`: the base pipeline draws class images for the first N images' captions (x `preservation_views`)
+    only, and preservation trains on those; without it, one for every image and view."""
+    from safetensors.torch import load_file
+
+    lora.unload_loras(korean_pipe)
+    n = len(lora.load_image_dataset(ink_data))
+    cards, weights = {}, {}
+    for name, cap in (("every", None), ("first8", 8)):
+        lora.train_lora(tmp_path / name, korean_pipe, ink_data, tiny_config(prior_images=cap, preservation_views=2),
+                        name=name)
+        cards[name] = json.loads((tmp_path / name / "lora.json").read_text(encoding="utf-8"))
+        weights[name] = load_file(str(tmp_path / name / lora.WEIGHT_NAME))
+    assert cards["every"]["class_images"] == 2 * n and cards["first8"]["class_images"] == 2 * 8
+    assert cards["every"]["images"] == cards["first8"]["images"] == n
+    assert max(float((weights["every"][k] - weights["first8"][k]).abs().max()) for k in weights["every"]) > 1e-4
+
+
 def test_trigger_states_weight_pulls_the_learnt_row_toward_the_style_named_in_english(korean_pipe, ink_data, tiny_parts,
                                                                                       tmp_path):
     """`trigger_states_weight` adds the text encoder's distance, for the triggered captions, to the base text encoder's
