@@ -1,0 +1,83 @@
+"""Which colours a style LoRA loses with its trigger on notebook 04's sentence frames, and how that moves with the
+trigger's strength: the trigger said once (as notebook 04 asks), said twice, and the LoRA at a lower weight and at
+weight 0 (its learnt trigger row loaded all the same: what the row alone does). Per colour asked for: the judge's
+colour accuracy and what it reads most often instead. The images are notebook 04's own (every frame prompt, its
+seeds), then one kind of pairs kept.
+
+    .venv/bin/python scripts/lora_colour_probe.py outputs/mini/loras/registry.json --out outputs/metrics/04_lora_colour_probe.json
+    .venv/bin/python scripts/lora_colour_probe.py outputs/lora-trials/NAME/loras/registry.json --pairs held-out
+"""
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from koclip_lib import evaluate, lora, plan  # noqa: E402
+from koclip_lib.common import load_params, write_json  # noqa: E402
+from koclip_lib.pipeline import load_korean_pipeline  # noqa: E402
+
+# (label, LoRA weight, times the trigger is said)
+VARIANTS = [("no trigger", 1.0, 0), ("trigger", 1.0, 1), ("trigger twice", 1.0, 2), ("weight 0.7, trigger", 0.7, 1),
+            ("weight 0, trigger", 0.0, 1)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("registry", help="a LoRA registry.json (notebook 04's or a trial's)")
+    ap.add_argument("--lora", default="ink")
+    ap.add_argument("--pairs", default="seen", choices=["seen", "held-out"])
+    ap.add_argument("--params", default=str(REPO / "params/mini.yaml"))
+    ap.add_argument("--out", help="also write the table here (JSON)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    params = load_params(args.params)
+    inputs = plan.profile_inputs(params)
+    paths = inputs.generator_paths()
+    registry = lora.LoraRegistry.from_file(args.registry)
+    entry = registry.get(args.lora)
+    style = entry.get("style")
+    student = plan.students(params)[params["lora"].get("student", "unet")]
+    pipe = load_korean_pipeline(sd=paths["sd"], text_encoder=student)
+    classifier = evaluate.load_judge(paths["classifier"])
+    rows = evaluate.read_prompt_tsv(inputs.eval_prompts()["ko_frames"], columns=("pairs",))
+    kept = [i for i, r in enumerate(rows) if r.columns["pairs"] == args.pairs]
+    generate = {"steps": params["evaluate"]["steps"], "guidance_scale": params["evaluate"]["guidance_scale"]}
+    table = {}
+    for label, weight, times in VARIANTS:
+        asked = rows
+        for _ in range(times):
+            asked = evaluate.with_triggers(asked, [entry])
+        lora.apply_loras(pipe, {args.lora: weight}, registry)
+        _, images, _ = evaluate.evaluate_rows(pipe, asked, classifier, **generate)
+        lora.apply_loras(pipe, {}, registry)
+        read = classifier.predict(images)
+        got = {}  # colour asked -> colours read
+        for i in kept:
+            got.setdefault(rows[i].attributes["color"], []).append(read["color"][i])
+        accuracy = {c: sum(v == c for v in reads) / len(reads) for c, reads in got.items()}
+        accuracy["all"] = sum(read["color"][i] == rows[i].attributes["color"] for i in kept) / len(kept)
+        accuracy[f"{style} rate"] = sum(read["style"][i] == style for i in kept) / len(kept)
+        table[(label, "colour")] = accuracy
+        misread = {c: Counter(v for v in reads if v != c).most_common(2) for c, reads in got.items()}
+        table[(label, "read instead")] = {c: ", ".join(f"{v} {n}" for v, n in m) for c, m in misread.items()}
+    frame = pd.DataFrame(table)
+    counts = Counter(rows[i].attributes["color"] for i in kept)
+    frame.insert(0, ("", "images"), pd.Series({**counts, "all": len(kept)}, dtype="Int64"))
+    print(f"{args.registry}: {args.lora} on the {args.pairs} pairs of the sentence frames")
+    print(frame.to_string(float_format="{:.2f}".format, na_rep=""))
+    if args.out:
+        accuracy = frame.xs("colour", axis=1, level=1)
+        write_json(args.out, {"registry": args.registry, "lora": args.lora, "pairs": args.pairs,
+                              "images": {**counts, "all": len(kept)}, "colour": json.loads(accuracy.to_json()),
+                              "read_instead": json.loads(frame.xs("read instead", axis=1, level=1).to_json())})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
