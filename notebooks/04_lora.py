@@ -427,6 +427,49 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # are not yet larger than their spread over four seeds, and 8,000 images would turn the record (seed 0) from meeting
 # its frame targets to missing one, so the profile keeps 2,000 images; neither recipe meets the four on every seed.
 #
+# **Fewer modules, more images, and what turns pink yellow** (the same Intel build; LoRA seeds 0 and 1, the two that
+# miss with 8,000 images). `noq`: the LoRA on the attention's key, value and output only (the query reads the image,
+# not the text); `n16000-prior4000`: 16,000 training images, the class images drawn for the first 4,000 only
+# (`prior_images`: 12,000 class images, not 48,000); `…-sp5`: that, and weight 5 on the English target:
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `…-sp3-noq-seed0` | 100.0% / 99.0% · 95.0% / 95.5% | 9.0% / 1.0% | 8.1% / 1.9% · 20.0% ((English colour) …) | 100.0% / 98.5% · 90.4% / 86.2% |
+# | `…-sp3-noq-seed1` | 100.0% / 99.5% · 93.5% / 93.5% | 7.0% / 0.5% | 6.5% / 1.9% · 20.0% ((English colour) …) | 100.0% / 97.7% · 87.7% / 87.7% |
+# | `…-sp3-n16000-prior4000-seed0` | 100.0% / 99.5% · 97.0% / 95.5% | 2.0% / 0.0% | 3.5% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.2% · 90.8% / 87.7% |
+# | `…-sp3-n16000-prior4000-seed1` | 100.0% / 99.5% · 93.5% / 93.5% | 2.0% / 0.0% | 3.8% / 0.4% · 15.0% ((English colour) …) | 100.0% / 98.8% · 90.4% / 85.8% |
+# | `…-sp3-n16000-prior4000-sp5-seed0` | 100.0% / 99.5% · 93.5% / 94.5% | 2.0% / 1.0% | 4.6% / 0.8% · 17.5% ((English colour) …) | 100.0% / 99.2% · 88.5% / 90.4% |
+# | `…-sp3-n16000-prior4000-sp5-seed1` | 100.0% / 99.5% · 94.0% / 95.5% | 2.5% / 0.5% | 5.4% / 1.2% · 17.5% ((English colour) …) | 100.0% / 99.6% · 89.6% / 86.9% |
+#
+# None meets the four frame targets on both seeds. Without the query LoRA the gate weakens (6.5% and 8.1% untriggered,
+# worst frame 20%). 16,000 images keep the gate (3.5%, 3.8%; worst frame 15%) and raise the held-out-frame colour
+# (90.8%, 90.4%, against 85.8%, 83.8% with 2,000 and 87.7%, 87.7% with 8,000), not the seen-frame colour (87.7%,
+# 85.8%); weight 5 on top takes seed 0's seen colour past the bound (90.4%) and loses the gate (worst frame 17.5% on
+# both seeds, 5.4% untriggered on seed 1).
+#
+# Where the seen-frame colour goes: `scripts/lora_colour_probe.py` draws the record LoRA's frame images again (every
+# frame prompt, notebook 04's seeds: with the trigger it gives this record's 89.2% and 99.6% ink-wash) and, on the 260
+# seen-pair images, breaks the colour down by the colour asked for, as the trigger's strength changes
+# (`outputs/metrics/04_lora_colour_probe.json`; colour accuracy, ink-wash on the last row):
+#
+# | colour asked (images) | no trigger | trigger | trigger said twice | LoRA weight 0.7, trigger | LoRA weight 0 (the learnt row alone), trigger |
+# |---|---|---|---|---|---|
+# | pink (52) | 100.0% | 67.3% (yellow 14) | 26.9% (yellow 33) | 42.3% (yellow 19) | 76.9% (orange 8) |
+# | purple (13) | 100.0% | 69.2% | 30.8% | 46.2% | 84.6% |
+# | yellow (39) | 89.7% | 92.3% | 97.4% | 25.6% (orange 29) | 97.4% |
+# | orange (13) | 84.6% | 100.0% | 92.3% | 23.1% (red 10) | 84.6% |
+# | black, red, green, blue (143) | 100.0% | 94.9–100.0% | 90.4–100.0% | 88.5–100.0% | 88.5–100.0% |
+# | all (260) | 97.7% | 89.2% | 78.5% | 67.7% | 90.8% |
+# | ink-wash | 0.0% | 99.6% | 100.0% | 58.8% | 0.0% |
+#
+# The loss is pink and purple, and it grows with how much the trigger is said: twice, pink falls from 67.3% to 26.9%,
+# nearly all of it read as yellow, while the other colours lose at most 3 images each. The learnt row by itself, the
+# LoRA at weight 0, draws no ink-wash and still costs 6.9 points of colour (pink 76.9%): the row moves the colours,
+# not the style. At weight 0.7 the images sit between the two styles and every warm colour slides one step (yellow to
+# orange, orange to red). So the seen-frame gap follows what the learnt row says through the student (whose resampler
+# mixes every token into all 77 states); the LoRA's modules, rank and images moved it little. A lever that keeps the
+# row's message off the colour words is what the next trials need.
+#
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
 # runs tried on the way to the profile's settings. A fresh clone's `make all` on the same kind of machine (77 min:
