@@ -324,6 +324,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     unet = pipe.unet
     if getattr(unet, "peft_config", None) and name in unet.peft_config:
         raise LoraError(f"the pipeline already has an adapter named {name!r}; unload it first")
+    if cfg.prior_images is not None and cfg.prior_images < 1:
+        raise LoraError(f"prior_images={cfg.prior_images}: class images for at least one image, or None for every image's")
     dataset = load_image_dataset(data_dir)
     for column in (cfg.caption_column,) + ((cfg.plain_column,) if cfg.preservation_weight else ()):
         if column not in dataset.column_names:
@@ -358,7 +360,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
                         "trigger_token and learn_trigger_token, and style_prompt_en")
     plain = prior = None
     if cfg.preservation_weight:
-        # view k of image i is row k * n_prior + i: its caption, then its paraphrases
+        # view k of image i is row k * len(prior_source) + i: its caption, then its paraphrases
         prior_source = plain_source[:cfg.prior_images]
         plain_captions = prior_source + [paraphrase(c, rng, words, avoid=cfg.trigger)
                                          for _ in range(cfg.preservation_views - 1) for c in prior_source]
@@ -431,7 +433,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
             n_prior = len(prior) // cfg.preservation_views
-            idx = idx % n_prior
+            idx = idx % n_prior  # past the first `prior_images`, images share the earlier ones' class images
             if cfg.preservation_views > 1:
                 idx = idx + n_prior * torch.randint(cfg.preservation_views, (len(idx),), generator=gen)
             x_t, t, _ = noisy(idx, gen, batch, prior)

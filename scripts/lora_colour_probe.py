@@ -68,7 +68,7 @@ def main() -> int:
         table[(label, "read instead")] = {c: ", ".join(f"{v} {n}" for v, n in m) for c, m in misread.items()}
     frame = pd.DataFrame(table)
     counts = Counter(rows[i].attributes["color"] for i in kept)
-    frame.insert(0, ("", "images"), pd.Series({**counts, "all": len(kept)}, dtype="Int64"))
+    frame.insert(0, ("", "images"), pd.Series({**counts, "all": len(kept)}).map(str))  # none on the style's row
     print(f"{args.registry}: {args.lora} on the {args.pairs} pairs of the sentence frames")
     print(frame.to_string(float_format="{:.2f}".format, na_rep=""))
     if args.out:

@@ -543,6 +543,8 @@ def test_prior_images_draws_class_images_for_the_first_images_only(korean_pipe, 
     assert cards["every"]["class_images"] == 2 * n and cards["first8"]["class_images"] == 2 * 8
     assert cards["every"]["images"] == cards["first8"]["images"] == n
     assert max(float((weights["every"][k] - weights["first8"][k]).abs().max()) for k in weights["every"]) > 1e-4
+    with pytest.raises(lora.LoraError, match="prior_images=0"):
+        lora.train_lora(tmp_path / "none", korean_pipe, ink_data, tiny_config(prior_images=0), name="none")
 
 
 def test_trigger_states_weight_pulls_the_learnt_row_toward_the_style_named_in_english(korean_pipe, ink_data, tiny_parts,
