@@ -360,8 +360,9 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
                         "trigger_token and learn_trigger_token, and style_prompt_en")
     plain = prior = None
     if cfg.preservation_weight:
-        # view k of image i is row k * len(prior_source) + i: its caption, then its paraphrases
+        # view k of image i is row k * n_prior + i: its caption, then its paraphrases
         prior_source = plain_source[:cfg.prior_images]
+        n_prior = len(prior_source)
         plain_captions = prior_source + [paraphrase(c, rng, words, avoid=cfg.trigger)
                                          for _ in range(cfg.preservation_views - 1) for c in prior_source]
         plain = _text_states(pipe, plain_captions, empty[0])
@@ -432,7 +433,6 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
             out["loss"] = out["loss"] + cfg.style_prompt_weight * follow
             out["style_prompt"] = follow.detach()
         if cfg.preservation_weight:
-            n_prior = len(prior) // cfg.preservation_views
             idx = idx % n_prior  # past the first `prior_images`, images share the earlier ones' class images
             if cfg.preservation_views > 1:
                 idx = idx + n_prior * torch.randint(cfg.preservation_views, (len(idx),), generator=gen)
@@ -665,10 +665,12 @@ def style_table(evaluated: dict, style: str = "ink"):
     return pd.DataFrame(records).set_index("case")
 
 
-def attribute_breakdown(evaluated: dict, attribute: str = "color", labels: Sequence[str] | None = None):
+def attribute_breakdown(evaluated: dict, attribute: str = "color", labels: Sequence[str] | None = None,
+                        misreads: int = 0):
     """Where an attribute goes wrong: for each value the prompts ask for (all splits together), each case's accuracy
-    and what the classifier reads most often; the cases `labels` of `evaluate_cases` (default: all). Returns a
-    DataFrame, one row per asked-for value."""
+    and what the classifier reads most often; the cases `labels` of `evaluate_cases` (default: all). `misreads`: the
+    `misreads` most common wrong reads with their counts instead ("yellow 14, orange 1"). Returns a DataFrame, one
+    row per asked-for value."""
     from collections import Counter, defaultdict
 
     import pandas as pd
@@ -681,7 +683,12 @@ def attribute_breakdown(evaluated: dict, attribute: str = "color", labels: Seque
                 read[row.attributes[attribute]].append(value)
         table["prompts"] = {asked: len(values) for asked, values in read.items()}
         table[label] = {asked: sum(v == asked for v in values) / len(values) for asked, values in read.items()}
-        table[f"{label}: read as"] = {asked: Counter(values).most_common(1)[0][0] for asked, values in read.items()}
+        if misreads:
+            table[f"{label}: read instead"] = {
+                asked: ", ".join(f"{v} {n}" for v, n in Counter(v for v in values if v != asked).most_common(misreads))
+                for asked, values in read.items()}
+        else:
+            table[f"{label}: read as"] = {asked: Counter(values).most_common(1)[0][0] for asked, values in read.items()}
     return pd.DataFrame(table).sort_index()
 
 

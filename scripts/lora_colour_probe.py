@@ -10,7 +10,6 @@ seeds), then one kind of pairs kept.
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +47,7 @@ def main() -> int:
     rows = evaluate.read_prompt_tsv(inputs.eval_prompts()["ko_frames"], columns=("pairs",))
     kept = [i for i, r in enumerate(rows) if r.columns["pairs"] == args.pairs]
     generate = {"steps": params["evaluate"]["steps"], "guidance_scale": params["evaluate"]["guidance_scale"]}
-    table = {}
+    evaluated, overall = {}, {}
     for label, weight, times in VARIANTS:
         asked = rows
         for _ in range(times):
@@ -57,17 +56,16 @@ def main() -> int:
         _, images, _ = evaluate.evaluate_rows(pipe, asked, classifier, **generate)
         lora.apply_loras(pipe, {}, registry)
         read = classifier.predict(images)
-        got = {}  # colour asked -> colours read
-        for i in kept:
-            got.setdefault(rows[i].attributes["color"], []).append(read["color"][i])
-        accuracy = {c: sum(v == c for v in reads) / len(reads) for c, reads in got.items()}
-        accuracy["all"] = sum(read["color"][i] == rows[i].attributes["color"] for i in kept) / len(kept)
-        accuracy[f"{style} rate"] = sum(read["style"][i] == style for i in kept) / len(kept)
-        table[(label, "colour")] = accuracy
-        misread = {c: Counter(v for v in reads if v != c).most_common(2) for c, reads in got.items()}
-        table[(label, "read instead")] = {c: ", ".join(f"{v} {n}" for v, n in m) for c, m in misread.items()}
+        evaluated[label] = {args.pairs: (None, [rows[i] for i in kept], {"color": [read["color"][i] for i in kept]})}
+        accuracy = sum(read["color"][i] == rows[i].attributes["color"] for i in kept) / len(kept)
+        overall[label] = {"all": accuracy, f"{style} rate": sum(read["style"][i] == style for i in kept) / len(kept)}
+    breakdown = lora.attribute_breakdown(evaluated, "color", misreads=2)
+    table = {}
+    for label, _, _ in VARIANTS:
+        table[(label, "colour")] = {**breakdown[label].to_dict(), **overall[label]}
+        table[(label, "read instead")] = breakdown[f"{label}: read instead"].to_dict()
     frame = pd.DataFrame(table)
-    counts = Counter(rows[i].attributes["color"] for i in kept)
+    counts = breakdown["prompts"].to_dict()
     frame.insert(0, ("", "images"), pd.Series({**counts, "all": len(kept)}).map(str))  # none on the style's row
     print(f"{args.registry}: {args.lora} on the {args.pairs} pairs of the sentence frames")
     print(frame.to_string(float_format="{:.2f}".format, na_rep=""))

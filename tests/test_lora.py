@@ -264,6 +264,13 @@ def test_colour_breakdown_counts_the_images_of_the_style_table(trained, korean_p
         overall = (by_colour[case.label] * by_colour["prompts"]).sum() / 12
         assert overall == pytest.approx((table.loc[case.label, "held-out color"] + table.loc[case.label, "seen color"]) / 2)
         assert set(by_colour[f"{case.label}: read as"]) <= set(mw.COLORS)
+    misread = lora.attribute_breakdown(evaluated, "color", misreads=2)
+    for case in cases:  # the wrong reads, counted: as many as the accuracy leaves
+        for asked, listed in misread[f"{case.label}: read instead"].items():
+            counts = [(m.rsplit(" ", 1)[0], int(m.rsplit(" ", 1)[1])) for m in listed.split(", ") if m]
+            assert len(counts) <= 2 and all(c in mw.COLORS and c != asked for c, _ in counts)
+            wrong = round((1 - misread.loc[asked, case.label]) * misread.loc[asked, "prompts"])
+            assert sum(n for _, n in counts) <= wrong and (wrong == 0) == (not counts)
     assert np.array_equal(image(korean_pipe), before)  # the LoRAs are off again
 
 
