@@ -165,6 +165,11 @@ class LoraTrainConfig:
     # learns to say the style in the words the base UNet already draws, colours kept, rather than to be a signal only
     # the LoRA reads, which the caption's own words attend to as well. 0: the row learns through the UNet alone
     trigger_states_weight: float = 0.0
+    # with a learnt trigger row: the frozen base UNet (the LoRA off) reading each triggered caption is also pulled
+    # toward its own prediction for the same caption without the trigger, weighted so: the row becomes a signal the
+    # LoRA reads and the base does not, rather than a word that by itself moves the base's reading of the caption's
+    # colours (scripts/lora_colour_probe.py, the LoRA at weight 0). 0: the row may say anything to the base
+    trigger_base_weight: float = 0.0
     # Gaussian noise of this standard deviation added to the text states the trained UNet reads, triggered and
     # preservation captions alike (the preserved target reads the same noisy states): the LoRA's answer then holds for
     # states near the training captions', as sentences never trained on give. 0: the states as encoded
@@ -210,6 +215,15 @@ def paraphrase(caption: str, rng: random.Random, words: Sequence[str], avoid: st
         comma = rng.randrange(len(parts) - 1)
         parts[comma] += ","
     return " ".join(parts)
+
+
+def drop_trigger(caption: str, trigger: str, separator: str = ", ") -> str:
+    """The caption without its trigger word: `add_trigger` undone, or the word taken out wherever else it stands."""
+    if caption.startswith(trigger + separator):
+        return caption[len(trigger + separator):]
+    if caption.endswith(separator + trigger):
+        return caption[:-len(separator + trigger)]
+    return " ".join(caption.replace(trigger, " ").split())
 
 
 def add_trigger_token(pipe, trigger: str, seed: int) -> torch.Tensor | None:
@@ -358,6 +372,12 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     if cfg.trigger_states_weight and not (cfg.learn_trigger_token and style_states is not None):
         raise LoraError("trigger_states_weight pulls a learnt trigger row toward the style named in English: it needs "
                         "trigger_token and learn_trigger_token, and style_prompt_en")
+    if cfg.trigger_base_weight and not (token is not None and cfg.learn_trigger_token):
+        raise LoraError("trigger_base_weight keeps a learnt trigger row out of the base UNet's reading: it needs "
+                        "trigger_token and learn_trigger_token")
+    # each triggered caption without its trigger: what the base UNet should read the triggered one as
+    untriggered = _text_states(pipe, [drop_trigger(c, cfg.trigger) for c in captions], empty[0]) \
+        if cfg.trigger_base_weight else None
     plain = prior = None
     if cfg.preservation_weight:
         # view k of image i is row k * n_prior + i: its caption, then its paraphrases
@@ -423,6 +443,15 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         predicted = trained(x_t, t, encoder_hidden_states=cond).sample.float()
         style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
+        if cfg.trigger_base_weight:  # the row through the base UNet alone: as if the caption had no trigger
+            unet.disable_adapters()
+            try:
+                heard = unet(x_t, t, encoder_hidden_states=cond).sample.float()
+            finally:
+                unet.enable_adapters()
+            unheard = F.mse_loss(heard, base_prediction(x_t, t, batch.take(untriggered[rows])))
+            out["loss"] = out["loss"] + cfg.trigger_base_weight * unheard
+            out["trigger_base"] = unheard.detach()
         named = batch.take(style_states[idx]) if style_states is not None else None  # the style named in English
         if cfg.trigger_states_weight:  # the first window: the triggered captions are one window each
             worded = F.mse_loss(said, named[:, :said.shape[1]].to(said.device, said.dtype))

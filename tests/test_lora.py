@@ -590,3 +590,40 @@ def test_trigger_states_weight_pulls_the_learnt_row_toward_the_style_named_in_en
     finally:
         korean_pipe.unload_textual_inversion("백묘법")
     assert distance[50.0] < distance[0.0]
+
+
+def test_trigger_base_weight_keeps_the_learnt_row_out_of_the_base_unets_reading(korean_pipe, ink_data, tmp_path):
+    """`trigger_base_weight` adds the frozen base UNet's distance, reading a triggered caption, from its own prediction
+    for the caption without the trigger: the row learnt with it moves the base's prediction less than the row learnt
+    without it; without a learnt row the setting is refused."""
+    from safetensors.torch import load_file
+
+    lora.unload_loras(korean_pipe)
+    with pytest.raises(lora.LoraError, match="trigger_base_weight"):
+        lora.train_lora(tmp_path / "refused", korean_pipe, ink_data, tiny_config(trigger_base_weight=1.0))
+    rows = {}
+    for weight in (0.0, 100.0):
+        out = tmp_path / f"w{weight:g}"
+        log = lora.train_lora(out, korean_pipe, ink_data, tiny_config(trigger_token=True, learn_trigger_token=True,
+                                                                      trigger_positions=["end"],
+                                                                      trigger_base_weight=weight),
+                              name=f"w{weight:g}")
+        assert ("trigger_base" in log["history"][-1]) == bool(weight)
+        rows[weight] = load_file(str(out / lora.TRIGGER_EMBEDDING_NAME))["백묘법"]
+    plain = list(lora.load_image_dataset(ink_data)["caption_ko"])
+    assert lora.drop_trigger(lora.add_trigger(plain[0], "백묘법", "end"), "백묘법") == plain[0]
+    lora.add_trigger_token(korean_pipe, "백묘법", seed=0)
+    token_id = korean_pipe.tokenizer.convert_tokens_to_ids("백묘법")
+    unet = korean_pipe.unet
+    gen = torch.Generator().manual_seed(0)
+    x_t = torch.randn((len(plain), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=gen)
+    t = torch.full((len(plain),), 500)
+    try:
+        with torch.no_grad():
+            unheard = unet(x_t, t, encoder_hidden_states=korean_pipe.encode_prompt(plain, "cpu", 1, False)[0]).sample
+            moved = {w: float(torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=lora._states_with_token(
+                korean_pipe, [lora.add_trigger(c, "백묘법", "end") for c in plain], token_id, row)).sample, unheard))
+                for w, row in rows.items()}
+    finally:
+        korean_pipe.unload_textual_inversion("백묘법")
+    assert moved[100.0] < moved[0.0]
