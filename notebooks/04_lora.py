@@ -470,6 +470,34 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # mixes every token into all 77 states); the LoRA's modules, rank and images moved it little. A lever that keeps the
 # row's message off the colour words is what the next trials need.
 #
+# **A row the base UNet does not hear** (the same Intel build; LoRA seeds 0 and 1). `base10`: the frozen base UNet,
+# the LoRA off, reading each triggered caption through the learnt row is pulled toward its own prediction for the
+# same caption without the trigger, weight 10 (`trigger_base_weight`), so that the row is a signal only the LoRA
+# reads; `n16000-prior4000-base10`: that, with 16,000 images and class images for the first 4,000; `n8000-base10`:
+# that, with 8,000 images:
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `…-sp3-base10-seed0` | 100.0% / 99.5% · 89.0% / 93.5% | 2.5% / 0.5% | 3.8% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.2% · 83.8% / 91.9% |
+# | `…-sp3-base10-seed1` | 100.0% / 99.5% · 90.5% / 93.0% | 2.5% / 0.5% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.2% · 83.8% / 88.5% |
+# | `…-sp3-n16000-prior4000-base10-seed0` | 100.0% / 99.5% · 95.5% / 94.0% | 2.0% / 0.5% | 3.8% / 0.8% · 17.5% ((English colour) …) | 100.0% / 98.8% · 91.5% / 90.0% |
+# | `…-sp3-n16000-prior4000-base10-seed1` | 100.0% / 99.0% · 92.0% / 94.0% | 2.0% / 0.5% | 3.8% / 0.8% · 15.0% (… (English shape)) | 100.0% / 98.8% · 88.8% / 88.8% |
+# | `…-sp3-n8000-base10-seed0` | 100.0% / 99.5% · 92.5% / 94.0% | 2.0% / 1.0% | 4.2% / 1.5% · 17.5% (… (English shape)) | 100.0% / 98.8% · 88.5% / 90.0% |
+# | `…-sp3-n8000-base10-seed1` | 100.0% / 99.5% · 94.0% / 95.5% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 98.8% · 89.6% / 88.8% |
+#
+# The row no longer moves the colours by itself: on `base10-seed1` the probe gives 95.0% with the LoRA at weight 0
+# (pink 92.3%), against 91.2% on `n16000-prior4000-seed1` and 90.8% on the record. With the trigger the seen-frame
+# colour rises on both seeds and at both image counts (2,000: 89.2% → 91.9% on seed 0, 84.2% → 88.5% on seed 1;
+# 16,000: 87.7% → 90.0%, 85.8% → 88.8%), and 3.8–4.2% of untriggered held-out frame images turn ink-wash. What is
+# left is the LoRA's own ink-wash pink: with the trigger, `base10-seed1` draws pink right in 63.5% of its 52 images
+# (17 read as yellow), as the record does (67.3%), and the base UNet's own ink-wash, asked in English, draws pink
+# right in 85.7% (the per-colour table above, the corpus phrasing). 8,000 images with the pull give the same as 16,000: seed 0 at 90.0% seen colour, seed 1 at 88.8%.
+# No recipe meets the four frame targets on both seeds; each misses by about one image: `base10` misses on seed 1
+# (seen colour 88.5%, 2 images short of the bound 89.2%), and with 8,000 or 16,000 images seed 0's worst frame is at
+# 17.5% (7 of its 40 images, the bound is 6) and seed 1's seen colour at 88.8% (1 image short). `base10` at 2,000
+# images keeps seed 0 (the record's seed) within all four, its held-out colour on the bound (83.8%). The profile keeps
+# its recipe until one meets the targets on more seeds than the one it has.
+#
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
 # runs tried on the way to the profile's settings. A fresh clone's `make all` on the same kind of machine (77 min:
