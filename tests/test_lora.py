@@ -611,7 +611,8 @@ def test_trigger_base_weight_keeps_the_learnt_row_out_of_the_base_unets_reading(
         assert ("trigger_base" in log["history"][-1]) == bool(weight)
         rows[weight] = load_file(str(out / lora.TRIGGER_EMBEDDING_NAME))["백묘법"]
     plain = list(lora.load_image_dataset(ink_data)["caption_ko"])
-    assert lora.drop_trigger(lora.add_trigger(plain[0], "백묘법", "end"), "백묘법") == plain[0]
+    for position in ("start", "end"):
+        assert lora.drop_trigger(lora.add_trigger(plain[0], "백묘법", position), "백묘법") == plain[0]
     lora.add_trigger_token(korean_pipe, "백묘법", seed=0)
     token_id = korean_pipe.tokenizer.convert_tokens_to_ids("백묘법")
     unet = korean_pipe.unet
