@@ -418,13 +418,14 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         return scheduler.add_noise(x0, noise, t), t, target
 
-    @torch.no_grad()
-    def base_prediction(x_t, t, states):  # the frozen UNet, the LoRA being trained switched off
+    def base_reading(x_t, t, states):  # the frozen UNet, the LoRA being trained switched off
         unet.disable_adapters()
         try:
             return unet(x_t, t, encoder_hidden_states=states.to(unet.device, unet.dtype)).sample.float()
         finally:
             unet.enable_adapters()
+
+    base_prediction = torch.no_grad()(base_reading)  # as a target
 
     def losses(idx, gen, batch: Batch):
         trained = batch.models[0]
@@ -444,11 +445,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         style = F.mse_loss(predicted, target)
         out = {"loss": style, "style": style.detach()}
         if cfg.trigger_base_weight:  # the row through the base UNet alone: as if the caption had no trigger
-            unet.disable_adapters()
-            try:
-                heard = unet(x_t, t, encoder_hidden_states=cond).sample.float()
-            finally:
-                unet.enable_adapters()
+            heard = base_reading(x_t, t, cond)  # gradients flow to the row
             unheard = F.mse_loss(heard, base_prediction(x_t, t, batch.take(untriggered[rows])))
             out["loss"] = out["loss"] + cfg.trigger_base_weight * unheard
             out["trigger_base"] = unheard.detach()
