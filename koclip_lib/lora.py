@@ -135,6 +135,10 @@ class LoraTrainConfig:
     # untriggered captions per image for preservation: its own and `preservation_views - 1` paraphrases (`paraphrase`),
     # each with its class image, so that no sentence shape or unfamiliar word, only the trigger, turns the style on
     preservation_views: int = 1
+    # a column whose words those paraphrases may also take (e.g. `caption_en`: "빨간 별 star"), so that words of that
+    # language in a sentence, which the text encoder reads unlike the caption's own, keep the base's image as well.
+    # None: words of the `plain_column` captions only
+    preservation_words_column: str | None = None
     # class images for the first `prior_images` images' captions only (x `preservation_views`), each step's
     # preservation rows drawn among them: more training images without the base pipeline drawing a class image for
     # each. None: every image's
@@ -215,6 +219,13 @@ def paraphrase(caption: str, rng: random.Random, words: Sequence[str], avoid: st
         comma = rng.randrange(len(parts) - 1)
         parts[comma] += ","
     return " ".join(parts)
+
+
+def preservation_captions(captions: Sequence[str], views: int, rng: random.Random, words: Sequence[str],
+                          avoid: str = "") -> list[str]:
+    """The untriggered captions prior preservation trains on: the captions, then `views - 1` rounds of their
+    paraphrases (`paraphrase`, which may put in words of `words`); view k of caption i is row k * len(captions) + i."""
+    return list(captions) + [paraphrase(c, rng, words, avoid=avoid) for _ in range(views - 1) for c in captions]
 
 
 def drop_trigger(caption: str, trigger: str, separator: str = ", ") -> str:
@@ -341,7 +352,8 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     if cfg.prior_images is not None and cfg.prior_images < 1:
         raise LoraError(f"prior_images={cfg.prior_images}: class images for at least one image, or None for every image's")
     dataset = load_image_dataset(data_dir)
-    for column in (cfg.caption_column,) + ((cfg.plain_column,) if cfg.preservation_weight else ()):
+    preserved = (cfg.plain_column,) + ((cfg.preservation_words_column,) if cfg.preservation_words_column else ())
+    for column in (cfg.caption_column,) + (preserved if cfg.preservation_weight else ()):
         if column not in dataset.column_names:
             raise LoraError(f"{data_dir}: no caption column {column!r}; it has {', '.join(dataset.column_names)}")
     resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
@@ -380,11 +392,11 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         if cfg.trigger_base_weight else None
     plain = prior = None
     if cfg.preservation_weight:
-        # view k of image i is row k * n_prior + i: its caption, then its paraphrases
         prior_source = plain_source[:cfg.prior_images]
         n_prior = len(prior_source)
-        plain_captions = prior_source + [paraphrase(c, rng, words, avoid=cfg.trigger)
-                                         for _ in range(cfg.preservation_views - 1) for c in prior_source]
+        if cfg.preservation_words_column:
+            words = sorted(set(words) | {w for c in dataset[cfg.preservation_words_column] for w in c.split()})
+        plain_captions = preservation_captions(prior_source, cfg.preservation_views, rng, words, avoid=cfg.trigger)
         plain = _text_states(pipe, plain_captions, empty[0])
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
     n_val = max(1, int(len(latents) * cfg.val_fraction))

@@ -435,6 +435,26 @@ def test_paraphrases_keep_the_trigger_out_and_vary_the_caption():
         assert not set(kept) - set(caption.split()) & (set(words) - set(caption.split()))
 
 
+def test_preservation_captions_take_words_of_another_column_when_asked(korean_pipe, ink_data, tmp_path):
+    """The preservation captions: the captions first, then rounds of paraphrases; with the English captions' words
+    (`preservation_words_column`) some paraphrases mix English words into the Korean sentence, without them none does
+    (a made-up word is Hangul in a Korean caption). A column the dataset lacks is refused before any training."""
+    import random
+
+    data = lora.load_image_dataset(ink_data)
+    korean, english = list(data["caption_ko"]), list(data["caption_en"])
+    own = sorted({w for c in korean for w in c.split()})
+    mixed = own + sorted({w for c in english for w in c.split()})
+    latin = lambda caption: any(ch.isascii() and ch.isalpha() for ch in caption)  # noqa: E731
+    for words, expect_latin in ((own, False), (mixed, True)):
+        out = lora.preservation_captions(korean, 3, random.Random(0), words, avoid="백묘법")
+        assert len(out) == 3 * len(korean) and out[:len(korean)] == korean
+        assert any(latin(p) for p in out[len(korean):]) == expect_latin
+    with pytest.raises(lora.LoraError, match="no caption column 'caption_fr'"):
+        lora.train_lora(tmp_path / "refused", korean_pipe, ink_data,
+                        tiny_config(preservation_words_column="caption_fr"))
+
+
 def test_frame_evaluation_scores_every_frame_and_names_the_worst(trained, korean_pipe, tmp_path):
     _, registry = trained
     torch.manual_seed(0)
