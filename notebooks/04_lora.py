@@ -474,7 +474,9 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # the LoRA off, reading each triggered caption through the learnt row is pulled toward its own prediction for the
 # same caption without the trigger, weight 10 (`trigger_base_weight`), so that the row is a signal only the LoRA
 # reads; `n16000-prior4000-base10`: that, with 16,000 images and class images for the first 4,000; `n8000-base10`:
-# that, with 8,000 images:
+# that, with 8,000 images; `base30`: weight 30; `…-mixed`: the preservation captions' paraphrases may also put in
+# words of the English captions (`preservation_words_column: caption_en`, "빨간 별 star"), as the mixed ko/en frames
+# write:
 #
 # | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
 # |---|---|---|---|---|
@@ -484,6 +486,12 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # | `…-sp3-n16000-prior4000-base10-seed1` | 100.0% / 99.0% · 92.0% / 94.0% | 2.0% / 0.5% | 3.8% / 0.8% · 15.0% (… (English shape)) | 100.0% / 98.8% · 88.8% / 88.8% |
 # | `…-sp3-n8000-base10-seed0` | 100.0% / 99.5% · 92.5% / 94.0% | 2.0% / 1.0% | 4.2% / 1.5% · 17.5% (… (English shape)) | 100.0% / 98.8% · 88.5% / 90.0% |
 # | `…-sp3-n8000-base10-seed1` | 100.0% / 99.5% · 94.0% / 95.5% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 98.8% · 89.6% / 88.8% |
+# | `…-sp3-base10-seed2` | 100.0% / 100.0% · 91.5% / 95.5% | 2.0% / 0.0% | 4.2% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.2% · 86.2% / 88.1% |
+# | `…-sp3-base30-seed1` | 100.0% / 100.0% · 89.0% / 93.0% | 2.0% / 0.0% | 3.8% / 0.4% · 15.0% ((English colour) …) | 100.0% / 99.2% · 82.3% / 91.2% |
+# | `…-sp3-n8000-base30-seed0` | 100.0% / 99.0% · 95.5% / 94.5% | 2.0% / 0.0% | 4.2% / 1.2% · 20.0% ((English colour) …) | 100.0% / 98.5% · 90.8% / 91.9% |
+# | `…-sp3-n8000-base30-seed1` | 100.0% / 99.5% · 95.5% / 94.5% | 2.0% / 0.0% | 3.8% / 0.0% · 12.5% (… (English shape)) | 100.0% / 98.1% · 91.2% / 92.3% |
+# | `…-sp3-n8000-base30-mixed-seed0` | 100.0% / 99.5% · 94.0% / 94.0% | 2.5% / 0.5% | 5.0% / 1.5% · 20.0% ((English colour) …) | 100.0% / 98.5% · 86.5% / 93.1% |
+# | `…-sp3-n8000-base30-mixed-seed1` | 100.0% / 99.5% · 92.0% / 94.5% | 2.0% / 0.0% | 3.8% / 0.4% · 15.0% ((English colour) …) | 100.0% / 98.5% · 85.8% / 93.1% |
 #
 # The row no longer moves the colours by itself: on `base10-seed1` the probe gives 95.0% with the LoRA at weight 0
 # (pink 92.3%), against 91.2% on `n16000-prior4000-seed1` and 90.8% on the record. With the trigger the seen-frame
@@ -493,10 +501,16 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # (17 read as yellow), as the record does (67.3%), and the base UNet's own ink-wash, asked in English, draws pink
 # right in 85.7% (the per-colour table above, the corpus phrasing). 8,000 images with the pull give the same as 16,000: seed 0 at 90.0% seen colour, seed 1 at 88.8%.
 # No recipe meets the four frame targets on both seeds; each misses by about one image: `base10` misses on seed 1
-# (seen colour 88.5%, 2 images short of the bound 89.2%), and with 8,000 or 16,000 images seed 0's worst frame is at
-# 17.5% (7 of its 40 images, the bound is 6) and seed 1's seen colour at 88.8% (1 image short). `base10` at 2,000
-# images keeps seed 0 (the record's seed) within all four, its held-out colour on the bound (83.8%). The profile keeps
-# its recipe until one meets the targets on more seeds than the one it has.
+# (seen colour 88.5%, 2 images short of the bound 89.2%) and on seed 2 (88.1%), and with 8,000 or 16,000 images seed
+# 0's worst frame is at 17.5% (7 of its 40 images, the bound is 6) and seed 1's seen colour at 88.8% (1 image short).
+# `base10` at 2,000 images keeps seed 0 (the record's seed) within all four, its held-out colour on the bound (83.8%).
+# A stronger pull trades held-out colour for seen colour at 2,000 images (`base30-seed1`: 82.3% / 91.2%), while with
+# 8,000 images it clears both colour bounds on both seeds (90.8% / 91.9%, 91.2% / 92.3%); there seed 0's worst frame
+# is 20.0%, 8 images of "(English colour) …" ("red 별 하나") drawn in ink-wash without the trigger. In every trial
+# above the two mixed ko/en frames are the worst; English words in the preservation captions (`…-mixed`) did not
+# calm them (worst frame 20.0% and 15.0%, untriggered held-out frames 5.0% on seed 0) and cost held-out colour (86.5%,
+# 85.8%).
+# The profile keeps its recipe until one meets the targets on more seeds than the one it has.
 #
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
