@@ -394,9 +394,10 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     if cfg.preservation_weight:
         prior_source = plain_source[:cfg.prior_images]
         n_prior = len(prior_source)
-        if cfg.preservation_words_column:
-            words = sorted(set(words) | {w for c in dataset[cfg.preservation_words_column] for w in c.split()})
-        plain_captions = preservation_captions(prior_source, cfg.preservation_views, rng, words, avoid=cfg.trigger)
+        column = cfg.preservation_words_column
+        plain_words = sorted(set(words) | {w for c in dataset[column] for w in c.split()}) if column else words
+        plain_captions = preservation_captions(prior_source, cfg.preservation_views, rng, plain_words,
+                                               avoid=cfg.trigger)
         plain = _text_states(pipe, plain_captions, empty[0])
         prior = _class_latents(pipe, plain_captions, cfg.prior_steps, cfg.prior_guidance, cfg.seed)
     n_val = max(1, int(len(latents) * cfg.val_fraction))
