@@ -512,6 +512,18 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # 85.8%).
 # The profile keeps its recipe until one meets the targets on more seeds than the one it has.
 #
+# **The profile's recipe on the AMD EPYC build.** The trials above it were run on the Intel build; the ones before
+# `states30` on the AMD EPYC, whose models read better (no LoRA: colour 100.0% / 99.0% on the pairs, 98.5% / 98.1% on
+# the frames). A fresh clone's `make all` there (89 min: `run --build` 3,733 s, then every notebook; its metrics in
+# `outputs/metrics-amd-epyc/`) trained the profile's LoRA (seed 0) on those models, and it does not gate: on the
+# frames 13.5% / 1.9% of untriggered images ink-wash, the worst frame a description ("흰 배경 위에 … 하나가 놓여
+# 있다", 20.0%; the mixed ko/en frames 0.0% and 2.5%), 89.2% / 95.8% with the trigger at colour 79.2% / 82.7% (19.2
+# and 15.4 points below no LoRA); on the pairs 90.0% / 96.5% with the trigger at colour 78.0% / 76.5% (22.0 and 22.5
+# below), 1.0% / 0.5% without. The targets check misses both of this notebook's LoRA claims there (14 of 16 hold).
+# The recipe was fitted on the Intel build's models. On the AMD ones, the same recipe without the two terms the Intel
+# trials added (`learned-token-views3-tviews3kept-named`, above) gated at 0.0% with colour 77.7% / 88.8%; with them
+# (`states30`, weight 3 on the English target) the gate opens and colour is no better.
+#
 # **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
 # trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
 # runs tried on the way to the profile's settings. A fresh clone's `make all` on the same kind of machine (77 min:
