@@ -6,8 +6,10 @@ for a few steps from one seed, once per (kernel setting, CPU), each in its own p
 The CPUs are this one and an AVX2-only CPU (AMD EPYC before Zen 4, Intel before Skylake-SP), the latter emulated by
 capping the instruction sets of ATen (`ATEN_CPU_CAPABILITY`), MKL (`MKL_ENABLE_INSTRUCTIONS`) and oneDNN
 (`ONEDNN_MAX_CPU_ISA`). A setting is stable when its weights hash the same on both. Emulation covers the instruction
-sets only: on another vendor MKL also picks other code paths, which `MKL_CBWR=COMPATIBLE` fixes; run the script on
-both machines and compare the hashes. Prints a table and writes outputs/bench/kernel-stability-<cpu>.json.
+sets only: on another vendor MKL also picks other code paths, which `MKL_CBWR=COMPATIBLE` is meant to fix; run the
+script on both machines and compare the hashes (an Intel Xeon and an AMD EPYC still trained other bytes under the
+stable setting: outputs/bench/kernel-stability-*.json). Prints a table and writes
+outputs/bench/kernel-stability-<cpu>.json.
 """
 import argparse
 import hashlib
