@@ -28,6 +28,9 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: loa
 # a LoRA trained with its trigger as a token of its own: the token's embedding, in diffusers' textual-inversion layout
 # ({trigger: vector}, what `pipe.load_textual_inversion(folder, weight_name=...)` reads), beside the weights
 TRIGGER_EMBEDDING_NAME = "learned_embeds.safetensors"
+# a LoRA whose trigger was taught to the text encoder (`LoraTrainConfig.text_encoder_target_modules`): that encoder's
+# LoRA in peft's keys, its rank, alpha and target modules in the metadata, beside the UNet's weights and the trigger's row
+TEXT_ENCODER_LORA_NAME = "text_encoder_lora.safetensors"
 TRIGGER_POSITIONS = ("start", "end")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
 SD15_LICENSE = "creativeml-openrail-m"  # SD 1.5's; a LoRA for a base derived from it is used under it
@@ -226,6 +229,33 @@ def parse_lora_spec(specs: Sequence[str] | str | None) -> dict[str, float]:
     return out
 
 
+def read_text_encoder_lora(path: str | Path, encoder) -> tuple[dict, object]:
+    """Check a text-encoder LoRA file (`TEXT_ENCODER_LORA_NAME`) against `encoder` without touching it: readable, its
+    rank, alpha and target modules in its metadata, every weight's module a linear layer of the encoder with the
+    shape it needs. Returns (weights, peft LoraConfig); raises LoraFileError."""
+    from peft import LoraConfig
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        config = LoraConfig(r=int(meta["r"]), lora_alpha=float(meta["lora_alpha"]),
+                            target_modules=json.loads(meta["target_modules"]))
+    except Exception as err:  # safetensors' own errors, a missing or malformed metadata field
+        raise LoraFileError(f"{path}: not a readable text-encoder LoRA file ({type(err).__name__}: {err})") from None
+    modules = dict(encoder.named_modules())
+    for key, tensor in state.items():
+        module, _, part = key.rpartition(".lora_")
+        layer = modules.get(module)
+        if not isinstance(layer, torch.nn.Linear):
+            raise LoraFileError(f"{path}: {key} adapts {module!r}, which is no linear layer of {type(encoder).__name__}")
+        want = (config.r, layer.in_features) if part.startswith("A") else (layer.out_features, config.r)
+        if tuple(tensor.shape) != want:
+            raise LoraFileError(f"{path}: {key} has shape {tuple(tensor.shape)}; {module} needs {want}")
+    return state, config
+
+
 def loaded_adapters(pipe) -> list[str]:
     return sorted(getattr(pipe.unet, "peft_config", None) or {})
 
@@ -235,11 +265,22 @@ def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
     bad file raises LoraFileError and leaves the pipeline exactly as it was."""
     if name in loaded_adapters(pipe):
         return
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
     entry = registry.get(name)
     path = Path(entry["path"])
     read_lora_file(path, pipe.unet)
     folder = path if path.is_dir() else path.parent
+    text_file = folder / TEXT_ENCODER_LORA_NAME
+    text = read_text_encoder_lora(text_file, pipe.text_encoder) if text_file.exists() else None
     pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME if path.is_dir() else path.name, adapter_name=name)
+    if text is not None:  # diffusers loads a text encoder's LoRA into CLIP only; peft puts it into any encoder
+        state, config = text
+        inject_adapter_in_model(config, pipe.text_encoder, adapter_name=name)
+        set_peft_model_state_dict(pipe.text_encoder, state, adapter_name=name)
+        # what diffusers' set_adapters, disable_lora and unload_lora_weights look for on a pipeline's text encoder
+        pipe.text_encoder.peft_config = {**(getattr(pipe.text_encoder, "peft_config", None) or {}), name: config}
+        pipe.text_encoder._hf_peft_config_loaded = True
 
 
 def trigger_embedding(entry: dict) -> Path | None:

@@ -110,7 +110,9 @@ def write_lora_card(folder: str | Path, record: dict, *, base_model: str, pipeli
                 f"pipe = load_pipeline({pipeline!r})  # the base's own CLIP text encoder, which it was trained behind"]
     snippet = ["from koclip_lib.adapters import LoraRegistry, apply_loras", *load,
                f"registry = LoraRegistry({{{name!r}: {{'path': {str(folder)!r}, 'trigger': {trigger!r}}}}})",
-               f"apply_loras(pipe, {{{name!r}: 1.0}}, registry)  # or: pipe.load_lora_weights({str(folder)!r})",
+               f"apply_loras(pipe, {{{name!r}: 1.0}}, registry)" + (
+                   "  # the UNet's and the text encoder's LoRA, and the trigger's token" if record.get("text_encoder_file")
+                   else f"  # or: pipe.load_lora_weights({str(folder)!r})"),
                f"pipe({example_prompt!r}).images[0].save({name + '.png'!r})"]
     trigger_line = korean_trigger_note(trigger) or (f"The trigger '{trigger}' is read by the base's own CLIP text encoder."
                                                     if trigger else "No trigger: the style is on whenever the LoRA is.")
@@ -125,11 +127,20 @@ def write_lora_card(folder: str | Path, record: dict, *, base_model: str, pipeli
            f"`{record['text_encoder']}` text encoder (diffusers' textual-inversion layout) | koclip `apply_loras`, "
            "diffusers `pipe.load_textual_inversion(folder, weight_name=..., token=trigger)`; without it the LoRA "
            "does not know its trigger |"] if record.get("trigger_embedding_file") else []),
+        *([f"| `{record['text_encoder_file']}` | peft (`….lora_A.weight`; rank, alpha and target modules in the "
+           f"metadata): a LoRA on the `{record['text_encoder']}` text encoder that teaches it the trigger | koclip "
+           "`apply_loras`; without it the trigger does not say the style |"] if record.get("text_encoder_file") else []),
         "| `lora.json` | koclip's training record | |"])
     res = record["resolution"]
-    training = (f"UNet-only LoRA (rank {record['rank']}, alpha {record['alpha']}, on {', '.join(record['target_modules'])}), "
+    training = (f"UNet LoRA (rank {record['rank']}, alpha {record['alpha']}, on {', '.join(record['target_modules'])}), "
                 f"{record['images']} images at {res}x{res}, {record['steps']} steps, behind the `{record['text_encoder']}` "
                 "text encoder.")
+    if record.get("text_encoder_file"):
+        config = record["config"]
+        training += (f" First, {record['text_encoder_steps']} steps of a rank-{config['text_encoder_rank']} LoRA on that "
+                     f"text encoder ({', '.join(config['text_encoder_target_modules'])}) and the trigger's row: a "
+                     f"triggered caption reads as the caption plus what `{config['style_prompt_en']}` adds in the base's "
+                     "own text encoder, an untriggered one as before.")
     if best_val is not None and best_val < float("inf"):  # inf: no validation ran
         training += f" Best validation loss (noise-prediction MSE on held-out images): {best_val:.4g}."
     summary = "\n\n".join(filter(None, [record.get("description"), f"**Trigger:** `{trigger}`. {trigger_line}"]))

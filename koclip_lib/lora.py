@@ -1,5 +1,6 @@
-"""Korean style LoRAs: captioned datasets, UNet-only LoRA training and its evaluation. Using a trained LoRA (the
-registry by name, the file formats, `apply_loras`) is `koclip_lib.adapters`, re-exported here.
+"""Korean style LoRAs: captioned datasets, LoRA training (the UNet's, and the text encoder's that teaches it the
+trigger) and its evaluation. Using a trained LoRA (the registry by name, the file formats, `apply_loras`) is
+`koclip_lib.adapters`, re-exported here.
 
     ds = render_style_dataset("outputs/mini/loras/ink/data", world, style="ink", n=2000, trigger="백묘법")  # mini
     ds = caption_image_folder("photos/", "data/", trigger="백묘법", captioner=hf_captioner(), translator=hf_translator())  # full
@@ -9,13 +10,18 @@ registry by name, the file formats, `apply_loras`) is `koclip_lib.adapters`, re-
     pipe("왼쪽에 빨간 별이 있다, 백묘법")
     apply_loras(pipe, {}, registry)                    # off again, without reloading the pipeline
 
-Why UNet-only: the text encoder is what we swap (CLIP -> the Korean student), so a style learned in the UNet keeps
-working behind either encoder, which is how the seed's English LoRAs kept working after the swap.
+Why the style lives in the UNet: the text encoder is what we swap (CLIP -> the Korean student), so a style learned in
+the UNet keeps working behind either encoder, which is how the seed's English LoRAs kept working after the swap. The
+trigger word, though, is a word of the text encoder's language: `text_encoder_target_modules` teaches it there
+(`train_text_trigger`), so that "…, 백묘법" says to the UNet what ", ink wash style" says in English and nothing else
+the encoder says changes.
 
 Files: `pytorch_lora_weights.safetensors` is diffusers' layout (`pipe.load_lora_weights(folder)` reads it) with the
 LoRA's rank and alpha in its metadata; `<name>.kohya.safetensors` is the kohya-ss / A1111 layout (`lora_unet_...`
 keys, `.alpha` tensors, `ss_*` metadata), written with diffusers' own `convert_state_dict_to_kohya`, which diffusers
-converts back when it loads one.
+converts back when it loads one. A taught trigger adds `learned_embeds.safetensors` (its token's row, diffusers'
+textual-inversion layout) and `text_encoder_lora.safetensors` (the text encoder's LoRA, peft's keys), which
+`apply_loras` loads with the UNet's.
 
 Prior preservation: trained on styled images only, a LoRA draws the style with or without its trigger word. As in
 DreamBooth, the base pipeline first draws one image per caption *without* the trigger (the class images); each step
@@ -36,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .adapters import (LORA_NAME, SD15_LICENSE, TRIGGER_EMBEDDING_NAME, TRIGGER_POSITIONS, WEIGHT_NAME, LoraError, LoraFileError,  # noqa: F401
-                       LoraRegistry, UnknownLoraError, a1111_sidecar, add_trigger, apply_loras, export_kohya, load_lora,
-                       loaded_adapters, parse_lora_spec, prompts_with_trigger, read_lora_file, unload_loras)
+from .adapters import (LORA_NAME, SD15_LICENSE, TEXT_ENCODER_LORA_NAME, TRIGGER_EMBEDDING_NAME, TRIGGER_POSITIONS,  # noqa: F401
+                       WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry, UnknownLoraError, a1111_sidecar, add_trigger,
+                       apply_loras, export_kohya, load_lora, loaded_adapters, parse_lora_spec, prompts_with_trigger,
+                       read_lora_file, read_text_encoder_lora, unload_loras)
 from .cards import licence_of, write_lora_card
 from .common import is_main_process, wait_for_everyone, write_json
 from .plan import ModelRef
@@ -178,6 +185,14 @@ class LoraTrainConfig:
     # preservation captions alike (the preserved target reads the same noisy states): the LoRA's answer then holds for
     # states near the training captions', as sentences never trained on give. 0: the states as encoded
     states_noise: float = 0.0
+    # the trigger taught to the text encoder, before the UNet's LoRA trains (`train_text_trigger`): a LoRA on these
+    # modules of the text encoder and, with `trigger_token`, the trigger's row, so that a triggered caption reads as
+    # the caption without the trigger plus what `style_prompt_en` adds in the base checkpoint's own text encoder,
+    # and every untriggered caption reads as before. The base UNet then draws the style as it draws it for the
+    # English words, colours as the caption names them. None: the text encoder is not adapted
+    text_encoder_target_modules: list[str] | None = None
+    text_encoder_rank: int = 16
+    text_loop: dict = field(default_factory=lambda: {"steps": 400, "lr": 1e-3, "batch_size": 64, "warmup_steps": 20})
     prior_steps: int = 20                 # how the base pipeline draws the class images
     prior_guidance: float = 7.5
     resolution: int | None = None         # None: the UNet's own (sample_size x the VAE's scale factor)
@@ -263,10 +278,10 @@ class TriggerEmbedding(torch.nn.Module):
         return self.vector if self.norm is None else self.vector * (self.norm / self.vector.norm())
 
 
-def _states_with_token(pipe, texts: Sequence[str], token_id: int, vector: torch.Tensor) -> torch.Tensor:
+def _states_with_token(pipe, texts: Sequence[str], token_id: int, vector: torch.Tensor, encoder=None) -> torch.Tensor:
     """The text states of one-window captions with the trigger token's row replaced by `vector`, gradients flowing to
-    it: the pipeline's tokenizer and text encoder as `encode_prompt` runs them (padded to the tokenizer's length; the
-    student masks the padding itself, CLIP reads it as SD does)."""
+    it: the pipeline's tokenizer and text encoder (or `encoder`, the same one wrapped for training) as `encode_prompt`
+    runs them (padded to the tokenizer's length; the student masks the padding itself, CLIP reads it as SD does)."""
     embeddings = pipe.text_encoder.get_input_embeddings()
 
     def swap(module, args, out):
@@ -276,7 +291,7 @@ def _states_with_token(pipe, texts: Sequence[str], token_id: int, vector: torch.
     try:
         enc = pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
-        return pipe.text_encoder(enc.input_ids.to(pipe.device)).last_hidden_state
+        return (encoder or pipe.text_encoder)(enc.input_ids.to(pipe.device)).last_hidden_state
     finally:
         handle.remove()
 
@@ -328,6 +343,84 @@ def _noise_scheduler(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)  # the checkpoint's training schedule and prediction type
 
 
+def train_text_trigger(out_dir: str | Path, pipe, base_pipe, cfg: LoraTrainConfig, triggered: Sequence[str],
+                       english: Sequence[str], untriggered: Sequence[str], vector: torch.Tensor, name: str) -> dict:
+    """Teach `pipe`'s text encoder the trigger (`cfg.text_encoder_target_modules`): a peft LoRA on those modules, left
+    in the encoder as the adapter `name`, and the trigger token's row, started from `vector` and learnt beside it when
+    `cfg.learn_trigger_token`, then written into the embeddings. Each triggered caption (`triggered`; the English
+    caption of its image in `english`) is pulled to the encoder's own states for it without the trigger plus what
+    `cfg.style_prompt_en` adds to the base checkpoint's text encoder (`base_pipe`'s) states for that English; each
+    of `untriggered` to its own states. Text states only: no UNet runs. Returns the loop's record."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    encoder = pipe.text_encoder
+    if getattr(encoder, "peft_config", None):
+        raise LoraError(f"the text encoder already has adapters ({', '.join(encoder.peft_config)}); unload them first")
+    token_id = pipe.tokenizer.convert_tokens_to_ids(cfg.trigger)
+    vector = vector.to(pipe.device, encoder.dtype)
+    with torch.no_grad():
+        window = _states_with_token(pipe, list(triggered[:1]), token_id, vector).shape[1]
+        empty, base_empty = _unconditional_states(pipe)[0], _unconditional_states(base_pipe)[0]
+        own = _text_states(pipe, [drop_trigger(c, cfg.trigger) for c in triggered], empty)[:, :window]
+        styled = _text_states(base_pipe, [cfg.style_prompt_en.format(e) for e in english], base_empty)[:, :window]
+        said_target = own + styled - _text_states(base_pipe, list(english), base_empty)[:, :window]
+        kept_target = _text_states(pipe, list(untriggered), empty)[:, :window]
+    encoder.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the LoRA's initial weights
+    config = LoraConfig(r=cfg.text_encoder_rank, lora_alpha=cfg.text_encoder_rank, init_lora_weights="gaussian",
+                        target_modules=list(cfg.text_encoder_target_modules))
+    inject_adapter_in_model(config, encoder, adapter_name=name)
+    # what diffusers' set_adapters, disable_lora and unload_lora_weights look for on a pipeline's text encoder
+    encoder.peft_config, encoder._hf_peft_config_loaded = {name: config}, True
+    params = [p for n, p in encoder.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    models = [encoder]
+    if cfg.learn_trigger_token:
+        models.append(TriggerEmbedding(vector).to(pipe.device))
+        params.append(models[1].vector)
+
+    def loss_fn(batch: Batch):
+        gen = step_generator(cfg.seed, batch.step)
+        said_rows = batch.take(torch.randint(len(triggered), (batch.size,), generator=gen))
+        kept_rows = batch.take(torch.randint(len(untriggered), (batch.size,), generator=gen))
+        row = batch.models[1]() if len(batch.models) > 1 else vector
+        texts = [triggered[i] for i in said_rows.tolist()] + [untriggered[i] for i in kept_rows.tolist()]
+        states = _states_with_token(pipe, texts, token_id, row, batch.models[0]).float()
+        said = F.mse_loss(states[:len(said_rows)], said_target[said_rows].to(states.device))
+        kept = F.mse_loss(states[len(said_rows):], kept_target[kept_rows].to(states.device))
+        return {"loss": said + kept, "said": said.detach(), "kept": kept.detach()}
+
+    log = train_loop(models, loss_fn, LoopConfig.from_params(cfg.text_loop, seed=cfg.seed), out_dir,
+                     desc=f"LoRA {name}: text encoder", params=params)
+    learnt = models[1]().detach() if len(models) > 1 else vector
+    encoder.get_input_embeddings().weight.data[token_id] = learnt.to(encoder.dtype)
+    encoder.requires_grad_(False)
+    return {**log, "trigger_row": learnt.float().cpu()}
+
+
+def _save_text_encoder_lora(encoder, name: str, path: Path) -> None:
+    """The text encoder's LoRA `name` as `adapters.read_text_encoder_lora` reads it: peft's keys, the rank, alpha and
+    target modules in the metadata."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = encoder.peft_config[name]
+    state = get_peft_model_state_dict(encoder, adapter_name=name)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+              metadata={"format": "pt", "r": str(config.r), "lora_alpha": str(config.lora_alpha),
+                        "target_modules": json.dumps(sorted(config.target_modules))})
+
+
+def _remove_text_lora(encoder) -> None:
+    """The text encoder as it was before `train_text_trigger` (its LoRA layers taken out)."""
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(encoder)
+    del encoder.peft_config
+    encoder._hf_peft_config_loaded = None
+
+
 def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainConfig, name: str = "lora",
                description: str = "", stop_after: int | None = None, license: str = SD15_LICENSE,
                base_model: str | None = None, base_pipe=None) -> dict:
@@ -359,7 +452,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
     latents = encode_images(pipe.vae, load_pixels(dataset["image"], resolution))
     rng = random.Random(cfg.seed)
-    needs_plain = cfg.preservation_weight or cfg.trigger_positions or cfg.trigger_views > 1
+    needs_plain = cfg.preservation_weight or cfg.trigger_positions or cfg.trigger_views > 1 or cfg.text_encoder_target_modules
     plain_source = list(dataset[cfg.plain_column]) if needs_plain else []
     words = sorted({w for c in plain_source for w in c.split()})  # what a paraphrase may take from other captions
     if cfg.trigger_positions:
@@ -371,7 +464,24 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
         captions += [add_trigger(paraphrase(c, rng, words, avoid=cfg.trigger, keep_words=True), cfg.trigger,
                                  rng.choice(cfg.trigger_positions or ["end"]))
                      for _ in range(cfg.trigger_views - 1) for c in plain_source]
+    if cfg.text_encoder_target_modules:  # checked before anything changes the pipeline
+        if not cfg.trigger_token or not cfg.style_prompt_en or base_pipe is None or "caption_en" not in dataset.column_names:
+            raise LoraError("text_encoder_target_modules teaches the text encoder a new trigger token that says what "
+                            "style_prompt_en adds in English: it needs trigger_token, style_prompt_en, the base "
+                            "pipeline and a caption_en column")
+        if cfg.trigger_states_weight or cfg.trigger_base_weight:
+            raise LoraError("trigger_states_weight and trigger_base_weight shape the trigger row while the UNet trains; "
+                            "with text_encoder_target_modules the text encoder's training learns it")
     token = add_trigger_token(pipe, cfg.trigger, cfg.seed) if cfg.trigger_token else None
+    text_log = None
+    if cfg.text_encoder_target_modules:
+        if token is None:
+            raise LoraError(f"the tokenizer already knows {cfg.trigger!r}: text_encoder_target_modules needs a new token")
+        english = list(dataset["caption_en"])
+        plain_views = preservation_captions(plain_source, max(cfg.preservation_views, 1), rng, words, avoid=cfg.trigger)
+        text_log = train_text_trigger(out_dir / "text", pipe, base_pipe, cfg, captions,
+                                      [english[i % len(english)] for i in range(len(captions))], plain_views, token, name)
+        token = text_log.pop("trigger_row")  # the UNet trains behind the taught encoder, the row as learnt
     empty = _unconditional_states(pipe)
     states = _text_states(pipe, captions, empty[0])
     style_states = None
@@ -414,7 +524,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     for p in lora_params:
         p.requires_grad_(True)
     models = [unet]
-    if token is not None and cfg.learn_trigger_token:
+    if token is not None and cfg.learn_trigger_token and text_log is None:
         token_id = pipe.tokenizer.convert_tokens_to_ids(cfg.trigger)
         norm = float(token.norm()) if cfg.trigger_token_fixed_norm else None  # add_trigger_token's: the mean norm
         models.append(TriggerEmbedding(token.to(pipe.text_encoder.dtype), norm).to(pipe.device))
@@ -509,11 +619,16 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     if (stop_after is not None and log["steps"] < loop.steps) or not is_main_process():  # the main process saves
         unet.delete_adapters(name)
         unet.requires_grad_(False)
+        if text_log is not None:
+            _remove_text_lora(pipe.text_encoder)
         return log
     if token is not None:
         from safetensors.torch import save_file
 
         save_file({cfg.trigger: token.contiguous()}, str(out_dir / TRIGGER_EMBEDDING_NAME))
+    if text_log is not None:
+        _save_text_encoder_lora(pipe.text_encoder, name, out_dir / TEXT_ENCODER_LORA_NAME)
+        _remove_text_lora(pipe.text_encoder)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
     metadata = {"r": cfg.rank, "lora_alpha": cfg.alpha, "target_modules": list(cfg.target_modules)}
     StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, weight_name=WEIGHT_NAME,
@@ -529,7 +644,9 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     base_model = base_model or source
     card = {"name": name, "trigger": cfg.trigger, "description": description, "file": WEIGHT_NAME, "kohya_file": kohya.name,
             "a1111_file": a1111_sidecar(kohya).name,
-            "trigger_embedding_file": TRIGGER_EMBEDDING_NAME if token is not None else None, "base_model": base_model, "license": license,
+            "trigger_embedding_file": TRIGGER_EMBEDDING_NAME if token is not None else None,
+            "text_encoder_file": TEXT_ENCODER_LORA_NAME if text_log is not None else None,
+            "text_encoder_steps": text_log["steps"] if text_log is not None else 0, "base_model": base_model, "license": license,
             "rank": cfg.rank, "alpha": cfg.alpha, "target_modules": list(cfg.target_modules), "resolution": resolution,
             "images": len(latents), "class_images": 0 if prior is None else len(prior),
             "text_encoder": type(pipe.text_encoder).__name__, "steps": log["steps"], "seconds": log["seconds"],
@@ -543,6 +660,7 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
     write_lora_card(out_dir, card, base_model=base_model, pipeline=source, text_encoder=student, korean=korean,
                     license=license, example_prompt=captions[0], best_val=log.get("best_val"))
     remove_checkpoints(out_dir / "train")
+    remove_checkpoints(out_dir / "text")
     return {**log, "card": card}
 
 

@@ -648,3 +648,73 @@ def test_trigger_base_weight_keeps_the_learnt_row_out_of_the_base_unets_reading(
     finally:
         korean_pipe.unload_textual_inversion("백묘법")
     assert moved[100.0] < moved[0.0]
+
+
+def test_trigger_taught_to_the_text_encoder_moves_triggered_captions_only_and_loads_with_the_lora(
+        korean_pipe, ink_data, tiny_parts, tmp_path):
+    """`text_encoder_target_modules`: before the UNet's LoRA, a LoRA on the text encoder (and the trigger's row) learns
+    that a triggered caption reads as itself without the trigger plus what `style_prompt_en` adds in the base text
+    encoder, an untriggered one as before. The pipeline is left as it was; the file beside the weights is loaded,
+    switched off and unloaded with the LoRA; a file for another encoder is refused before anything is loaded."""
+    from safetensors.torch import load_file, save_file
+
+    from koclip_lib.evaluate import load_pipeline
+
+    lora.unload_loras(korean_pipe)
+    base = load_pipeline(tiny_parts / "sd", device="cpu")
+    taught = dict(text_encoder_target_modules=["query", "key", "value", "dense", "proj_in", "proj_out"],
+                  text_encoder_rank=4, text_loop={"steps": 40, "lr": 0.01, "batch_size": 8, "warmup_steps": 0},
+                  style_prompt_en="{}, ink wash style", trigger_positions=["end"], preservation_views=2)
+    with pytest.raises(lora.LoraError, match="text_encoder_target_modules"):
+        lora.train_lora(tmp_path / "refused", korean_pipe, ink_data, tiny_config(**taught), base_pipe=base)
+    with pytest.raises(lora.LoraError, match="trigger_base_weight"):
+        lora.train_lora(tmp_path / "refused", korean_pipe, ink_data,
+                        tiny_config(trigger_token=True, learn_trigger_token=True, trigger_base_weight=1.0, **taught),
+                        base_pipe=base)
+    triggered = lora.add_trigger(PROMPT, "백묘법")
+    before, vocab = image(korean_pipe, triggered), len(korean_pipe.tokenizer)
+    log = lora.train_lora(tmp_path / "taught", korean_pipe, ink_data,
+                          tiny_config(trigger_token=True, learn_trigger_token=True, **taught), name="taught", base_pipe=base)
+    assert not hasattr(korean_pipe.text_encoder, "peft_config") and len(korean_pipe.tokenizer) == vocab
+    assert np.array_equal(image(korean_pipe, triggered), before)
+    card = log["card"]
+    assert card["text_encoder_file"] == lora.TEXT_ENCODER_LORA_NAME and card["text_encoder_steps"] == 40
+    weights = load_file(str(tmp_path / "taught" / lora.TEXT_ENCODER_LORA_NAME))
+    assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
+
+    data = lora.load_image_dataset(ink_data)
+    plain, english = list(data["caption_ko"]), list(data["caption_en"])
+    said = [lora.add_trigger(c, "백묘법") for c in plain]
+
+    def states(texts):
+        with torch.no_grad():
+            return korean_pipe.encode_prompt(texts, "cpu", 1, False)[0][:, :77]
+
+    own = states(plain)
+    with torch.no_grad():
+        empty = lora._unconditional_states(base)[0]
+        target = own + (lora._text_states(base, [f"{e}, ink wash style" for e in english], empty)
+                        - lora._text_states(base, english, empty))[:, :77]
+    registry = lora.LoraRegistry({"taught": {"path": str(tmp_path / "taught" / lora.WEIGHT_NAME), "trigger": "백묘법"}})
+    lora.apply_loras(korean_pipe, {"taught": 1.0}, registry)
+    loaded = sorted(getattr(korean_pipe.text_encoder, "peft_config", {}))
+    to_target, kept = float(torch.nn.functional.mse_loss(states(said), target)), states(plain)
+    lora.apply_loras(korean_pipe, {}, registry)  # off: the text encoder reads every caption as before
+    assert torch.equal(states(plain), own)
+    untaught = float(torch.nn.functional.mse_loss(states(said), target))  # the word as the pieces it splits into
+    lora.unload_loras(korean_pipe)
+    assert loaded == ["taught"] and not hasattr(korean_pipe.text_encoder, "peft_config")
+    assert to_target < untaught
+    assert float(torch.nn.functional.mse_loss(kept, own)) < to_target
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in (lora.WEIGHT_NAME, lora.TRIGGER_EMBEDDING_NAME):
+        (other / name).write_bytes((tmp_path / "taught" / name).read_bytes())
+    key = next(k for k in weights if ".lora_A." in k)
+    save_file({**weights, key: torch.zeros(4, 999)}, str(other / lora.TEXT_ENCODER_LORA_NAME),
+              metadata={"format": "pt", "r": "4", "lora_alpha": "4", "target_modules": json.dumps(taught["text_encoder_target_modules"])})
+    bad = lora.LoraRegistry({"other": {"path": str(other / lora.WEIGHT_NAME), "trigger": "백묘법"}})
+    with pytest.raises(lora.LoraFileError, match="needs"):
+        lora.apply_loras(korean_pipe, {"other": 1.0}, bad)
+    assert not lora.loaded_adapters(korean_pipe) and not hasattr(korean_pipe.text_encoder, "peft_config")
