@@ -129,7 +129,7 @@ def write_lora_card(folder: str | Path, record: dict, *, base_model: str, pipeli
            "does not know its trigger |"] if record.get("trigger_embedding_file") else []),
         *([f"| `{record['text_encoder_file']}` | peft (`….lora_A.weight`; rank, alpha and target modules in the "
            f"metadata): a LoRA on the `{record['text_encoder']}` text encoder that teaches it the trigger | koclip "
-           "`apply_loras`; without it the trigger does not say the style |"] if record.get("text_encoder_file") else []),
+           "`apply_loras`; learnt with the trigger's row: the two go together |"] if record.get("text_encoder_file") else []),
         "| `lora.json` | koclip's training record | |"])
     res = record["resolution"]
     training = (f"UNet LoRA (rank {record['rank']}, alpha {record['alpha']}, on {', '.join(record['target_modules'])}), "

@@ -38,8 +38,12 @@
 # textual-inversion style), the trigger at the start or the end (`trigger_positions`), preservation on paraphrased
 # captions too (`preservation_views`: made-up words, commas, words moved), paraphrased triggered captions
 # (`trigger_views`), the base's ink-wash for the English caption as a second target (`style_prompt_en`) and the learnt
-# token's student states pulled toward the teacher's for that caption (`trigger_states_weight`). The profile's `ink`
-# LoRA trains with the trials' best recipe (`…-states30-sp3`).
+# token's student states pulled toward the teacher's for that caption (`trigger_states_weight`). Whatever the UNet
+# learns, a row learnt through it moves the colour words' states too (the student's resampler reads every token for
+# every state), so the profile's `ink` LoRA now learns its trigger in the student first (`text_encoder_target_modules`:
+# a LoRA on the student's linear layers and the token's row, so that "…, 백묘법" reads as the caption plus what
+# ", ink wash style" adds in the teacher, and an untriggered caption as before), then the UNet's LoRA behind it
+# ("The trigger taught to the student", in the record).
 
 # %% tags=["parameters"]
 params_file = "params/mini.yaml"
@@ -84,7 +88,8 @@ evaluate.image_grid(dataset["image"][:8], dataset["text"][:8], cols=8)
 # %% [markdown]
 # ## Training
 # The style loss (the LoRA'd UNet on the ink images with triggered captions) and the preservation loss (on the base
-# pipeline's own images for the untriggered captions, against the base UNet's prediction).
+# pipeline's own images for the untriggered captions, against the base UNet's prediction). The student's stage before
+# it (a taught trigger) logs its two losses, triggered and untriggered captions, in the LoRA's `text/train_log.json`.
 
 # %%
 fig, axes = plt.subplots(1, len(cards), figsize=(5 * len(cards), 3), squeeze=False)
@@ -524,46 +529,78 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # trials added (`learned-token-views3-tviews3kept-named`, above) gated at 0.0% with colour 77.7% / 88.8%; with them
 # (`states30`, weight 3 on the English target) the gate opens and colour is no better.
 #
-# **The record** (`make notebooks ONLY=04` on the mini world built by `run --build` on a 2-core Intel Xeon, the LoRA
-# trained with the recipe above; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`), and what earlier
-# runs tried on the way to the profile's settings. A fresh clone's `make all` on the same kind of machine (77 min:
-# `run --build` 3,272 s, then every notebook) trained the same LoRA, byte for byte, and wrote the same numbers to
-# `04_lora.json`; the targets check held 16 of 16 there.
+# **The trigger taught to the student** (the AMD EPYC build, `scripts/lora_trials.py`, LoRA seeds 0 and 1). On that
+# build the recipes above that learn the trigger through the UNet do not meet the frame targets. With 8,000 images and
+# the row pulled out of the base UNet's reading (`…-sp3-n8000-base30`, the Intel build's best colour), the gate mostly
+# comes back but a description frame fires at 20.0% on both seeds, and held-out colour with the trigger stays 14–16
+# points below no LoRA:
+#
+# | trial | pairs: with trigger ink-wash · colour (held-out / seen) | pairs: without | frames: without (held-out / seen) · worst frame | frames: with · colour |
+# |---|---|---|---|---|
+# | `…-sp3-n8000-base30-amd-seed0` | 94.5% / 95.0% · 83.5% / 87.0% | 0.0% / 1.0% | 4.6% / 3.1% · 20.0% (흰 배경 위에 … 하나가 놓여 있다) | 96.2% / 98.1% · 82.7% / 87.3% |
+# | `…-sp3-n8000-base30-amd-seed1` | 96.0% / 96.0% · 85.5% / 91.5% | 0.0% / 0.5% | 4.2% / 2.3% · 20.0% (흰 배경 위에 … 하나가 놓여 있다) | 98.8% / 98.8% · 84.2% / 96.9% |
+# | `taught-r16-unet-off-seed0` | 100.0% / 99.0% · 95.0% / 96.0% | 0.0% / 0.0% | 1.9% / 0.0% · 12.5% (…을 그려 주세요) | 100.0% / 99.6% · 97.7% / 95.0% |
+# | `taught-r16-unet-off-seed1` | 100.0% / 100.0% · 93.5% / 98.0% | 0.0% / 0.0% | 0.4% / 0.0% · 2.5% (…을 그려 주세요) | 100.0% / 99.6% · 95.0% / 95.4% |
+#
+# What moves the colours there: `scripts/lora_colour_probe.py REGISTRY --pairs held-out` on the frames' held-out
+# pairs (`outputs/metrics-amd-epyc/04_lora_colour_probe_heldout.json`). The profile's LoRA of then, trained by that
+# build's `make all`, with its trigger draws black right in 10 of 39 images (read as yellow 18, orange 8), red as
+# orange, purple as pink, blue as green; said twice, black and red in none. With the LoRA at weight 0 and the learnt
+# row loaded, all 39 black stars come out red (`n8000-base30-seed0`: 17 of 39). The row goes into the student, whose
+# resampler reads every token for every one of the 77 states: however it is learnt through the UNet, the trigger moves
+# the colour words' states too, and the UNet's LoRA learns the style on those moved states. So the trigger is learnt in
+# text space instead (`text_encoder_target_modules`, `lora.train_text_trigger`), before the UNet's LoRA: a rank-16 LoRA
+# on the student's linear layers (the backbone's query, key, value and dense; the resampler's proj_in, proj_out and
+# MLP) and the token's row. Each triggered caption (the training captions and their paraphrases, every word kept, the
+# trigger at the start or the end) is pulled to the student's own states for it without the trigger plus what
+# ", ink wash style" adds to the teacher's states for its image's English caption; each untriggered caption (the
+# preservation paraphrases) to its own states; 400 steps of 64 + 64 captions, no UNet in the loop. The base UNet then
+# draws ink-wash for "…, 백묘법" as it does for the English words, colours as the caption names them.
+# `taught-r16-unet-off`: that alone, the UNet's LoRA left at zero (one step at learning rate 0, no preservation).
+# Both seeds meet the four frame targets, colour with the trigger 0.8–3.5 points below no LoRA. The profile's recipe
+# (the record below) trains the UNet's LoRA after it, as before (preservation 5 on the paraphrased captions, the base
+# UNet's ink-wash for the English caption a second target at weight 3), behind the taught student.
+#
+# **The record** (`make notebooks ONLY=04` on the mini world that a fresh clone's `make all` built on a 2-core AMD
+# EPYC, the LoRA trained with the taught trigger; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`,
+# and the same file in `outputs/metrics-amd-epyc/`). The other notebooks' records come from an Intel Xeon build; this
+# recipe has not run there yet. The recipe before it met the targets there (16 of 16 from a fresh `make all`, 77 min)
+# and missed both LoRA claims on the AMD EPYC's (14 of 16, "The profile's recipe on the AMD EPYC build" above).
 #
 # **Korean style LoRAs** (`04_lora`, `koclip_lib.lora`). The seed's ink-wash LoRA: 2,000 ink-wash images of seen
 # colour–shape pairs (the renderer draws them and captions what they show; `full` captions real images with BLIP and
 # translates the captions to Korean), each caption with the trigger `백묘법`, in an image folder with
-# `metadata.jsonl`. A rank-16 peft LoRA on the UNet's cross-attention projections (q, k, v, out) and the trigger's
-# learnt token, trained behind the frozen Korean student (2,000 steps, 991 s on one thread) with prior
-# preservation: the base pipeline first draws one image per untriggered caption and its two paraphrases, and on those
-# the LoRA'd UNet must give the base UNet's prediction (weighted 5× the style loss); the base UNet's ink-wash for the
-# English caption is a second target for the triggered ones (weight 3). The base UNet draws ink-wash
-# when an English caption asks for it (as SD 1.5 knows ink painting); the student, distilled on plain captions, has
-# no word for it, so the LoRA and the token tie `백묘법` to the rendering the UNet has. On 200 prompts per cell, same
-# seeds (style rate = share of images the classifier calls ink-wash):
+# `metadata.jsonl`. First the trigger taught to the student (a rank-16 LoRA on its linear layers and the trigger's
+# token, 400 steps, 547 s on one thread beside a trial), then a rank-16 peft LoRA on the UNet's cross-attention
+# projections (q, k, v, out) trained behind the taught student (2,000 steps, 697 s) with prior preservation: the base
+# pipeline first draws one image per untriggered caption and its two paraphrases, and on those the LoRA'd UNet must
+# give the base UNet's prediction (weighted 5× the style loss); the base UNet's ink-wash for the English caption is a
+# second target for the triggered ones (weight 3). The base UNet draws ink-wash when an English caption asks for it
+# (as SD 1.5 knows ink painting); the student, distilled on plain captions, has no word for it, so the taught trigger
+# ties `백묘법` to the rendering the UNet has. On 200 prompts per cell, same seeds (style rate = share of images the
+# classifier calls ink-wash):
 #
 # | pipeline | held-out: ink-wash / colour / shape | seen: ink-wash / colour / shape |
 # |---|---|---|
-# | English pipeline, English ink-wash caption, no LoRA (what the base UNet draws) | 100% / 96.5% / 86.5% | 100% / 93.0% / 98.5% |
-# | Korean pipeline, no LoRA | 0.0% / 96.5% / 82.5% | 0.0% / 99.5% / 98.0% |
-# | + `ink`, no trigger | 2.5% / 93.0% / 84.5% | 0.5% / 98.5% / 99.5% |
-# | + `ink`, "…, 백묘법" | **100%** / **91.5%** / 81.5% | **99.5%** / **95.0%** / 97.0% |
-# | + `ink` at weight 0.75, "…, 백묘법" | 68.0% / 80.5% / 83.0% | 68.0% / 75.5% / 96.0% |
-# | + `ink` at weight 0.6, "…, 백묘법" | 40.5% / 77.5% / 82.5% | 44.0% / 64.0% / 93.0% |
-# | + `ink-en` (the English LoRA), no trigger | 53.5% / 75.0% / 82.5% | 48.5% / 58.0% / 100% |
-# | English pipeline + `ink-en`, English prompt + its trigger (as trained) | 100% / 93.0% / 80.5% | 100% / 89.5% / 94.5% |
+# | English pipeline, English ink-wash caption, no LoRA (what the base UNet draws) | 100% / 97.5% / 100% | 100% / 97.0% / 100% |
+# | Korean pipeline, no LoRA | 0.0% / 100% / 100% | 0.0% / 99.0% / 100% |
+# | + `ink`, no trigger | 0.0% / 100% / 99.0% | 0.0% / 96.5% / 100% |
+# | + `ink`, "…, 백묘법" | **100%** / **94.5%** / 99.5% | **100%** / **96.0%** / 100% |
+# | + `ink` at weight 0.75, "…, 백묘법" | 88.0% / 90.5% / 100% | 80.5% / 93.0% / 100% |
+# | + `ink` at weight 0.6, "…, 백묘법" | 30.0% / 96.5% / 100% | 29.0% / 91.0% / 100% |
+# | + `ink-en` (the English LoRA), no trigger | 44.0% / 83.5% / 99.5% | 15.5% / 68.0% / 100% |
+# | English pipeline + `ink-en`, English prompt + its trigger (as trained) | 100% / 99.5% / 94.0% | 100% / 95.5% / 100% |
 #
 # And on the held-out sentence frames (13 frames × 20 held-out and 20 seen pairs): without LoRA 0.0% ink-wash at
-# colour 93.8% / 99.2%; `ink` without the trigger 4.6% / 0.0% (worst frame 12.5%, "… (English shape)"); with it
-# 100% / 99.6% at colour 85.8% / 89.2%.
+# colour 98.5% / 98.1%; `ink` without the trigger 1.9% / 0.0% (worst frame 12.5%, "…을 그려 주세요"); with it
+# 100% / 100% at colour 97.3% / 97.3%.
 #
-# Met, on both splits of the pairs: the trigger switches the style on (100% / 99.5%, target ≥ 80%), its absence keeps
-# it off (2.5% / 0.5%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the
-# trigger (3.5 and 1.0 points below) and with it (5.0 and 4.5 points below); on the frames, untriggered ≤ 5% with the
-# worst frame ≤ 15%, triggered ≥ 85% and colour within 10 points (8.0 below on held-out pairs, 10.0 on seen pairs,
-# at the bound; over seeds it moves by several points, above). `koclip_lib.targets` checks each. At weight 0.75 and
-# 0.6 the LoRA no longer gates cleanly and colour falls (75.5% seen at 0.75): the learnt token is in the text whatever the LoRA's
-# weight, so a lighter LoRA leaves the base UNet reading a word it does not know. The record before the held-out
+# Met, on both splits of the pairs: the trigger switches the style on (100% / 100%, target ≥ 80%), its absence keeps
+# it off (0.0% / 0.0%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the
+# trigger (0.0 and 2.5 points below) and with it (5.5 and 3.0 points below); on the frames, untriggered ≤ 5% with the
+# worst frame ≤ 15%, triggered ≥ 85% and colour within 10 points (1.2 below on held-out pairs, 0.8 on seen pairs).
+# `koclip_lib.targets` checks each. At weight 0.75 and 0.6 the style fades (88.0% / 80.5% and 30.0% / 29.0%
+# ink-wash): `apply_loras` weights the student's LoRA and the UNet's together. The record before the held-out
 # frames (the old recipe: the trigger as three `<unk>`, preservation 5, no token): with the trigger 83.5% / 84.5%
 # ink-wash at colour 93.5% / 91.0%, without it 2.5% / 2.0%; what closed its seen-pair gap (87.0% against 99.5%
 # before): the base UNet trains 4,000 steps instead of 2,500, and its own ink-wash, asked for in English, keeps

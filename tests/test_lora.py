@@ -679,6 +679,7 @@ def test_trigger_taught_to_the_text_encoder_moves_triggered_captions_only_and_lo
     assert np.array_equal(image(korean_pipe, triggered), before)
     card = log["card"]
     assert card["text_encoder_file"] == lora.TEXT_ENCODER_LORA_NAME and card["text_encoder_steps"] == 40
+    assert lora.TEXT_ENCODER_LORA_NAME in (tmp_path / "taught" / "README.md").read_text(encoding="utf-8")
     weights = load_file(str(tmp_path / "taught" / lora.TEXT_ENCODER_LORA_NAME))
     assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
 

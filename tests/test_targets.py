@@ -17,11 +17,11 @@ def test_every_claim_holds_on_the_committed_record():
                                                  "04_lora", "05_optimize"}
 
 
-def test_the_amd_epyc_build_misses_exactly_the_two_lora_claims_the_readme_names():
+def test_every_claim_holds_on_the_amd_epyc_build_too():
+    """The AMD EPYC build's record (its `make all`, notebook 04 re-run there with the taught trigger), which the README
+    quotes beside the Intel one."""
     results = targets.check(REPO / "outputs" / "metrics-amd-epyc")
-    missed = [r for r in results if not r["ok"]]
-    assert len(results) == 16 and {r["notebook"] for r in missed} == {"04_lora"} and len(missed) == 2, missed
-    assert any("held-out sentence frames" in r["says"] for r in missed), missed
+    assert len(results) == 16 and all(r["ok"] for r in results), [r for r in results if not r["ok"]]
 
 
 def test_a_missed_target_fails_the_command_and_names_the_claim(tmp_path):
