@@ -229,10 +229,12 @@ def parse_lora_spec(specs: Sequence[str] | str | None) -> dict[str, float]:
     return out
 
 
-def read_text_encoder_lora(path: str | Path, encoder) -> tuple[dict, object]:
+def read_text_encoder_lora(path: str | Path, encoder) -> tuple[dict, object] | None:
     """Check a text-encoder LoRA file (`TEXT_ENCODER_LORA_NAME`) against `encoder` without touching it: readable, its
-    rank, alpha and target modules in its metadata, every weight's module a linear layer of the encoder with the
-    shape it needs. Returns (weights, peft LoraConfig); raises LoraFileError."""
+    encoder's class, rank, alpha and target modules in its metadata, every weight's module a linear layer of the
+    encoder with the shape it needs. Returns (weights, peft LoraConfig), or None when the file is for another class
+    of text encoder (a pipeline sharing the UNet behind another encoder takes the UNet's part only); raises
+    LoraFileError."""
     from peft import LoraConfig
     from safetensors import safe_open
 
@@ -242,8 +244,11 @@ def read_text_encoder_lora(path: str | Path, encoder) -> tuple[dict, object]:
             state = {k: f.get_tensor(k) for k in f.keys()}
         config = LoraConfig(r=int(meta["r"]), lora_alpha=float(meta["lora_alpha"]),
                             target_modules=json.loads(meta["target_modules"]))
+        trained_for = meta["text_encoder"]
     except Exception as err:  # safetensors' own errors, a missing or malformed metadata field
         raise LoraFileError(f"{path}: not a readable text-encoder LoRA file ({type(err).__name__}: {err})") from None
+    if trained_for != type(encoder).__name__:
+        return None
     modules = dict(encoder.named_modules())
     for key, tensor in state.items():
         module, _, part = key.rpartition(".lora_")
@@ -263,17 +268,20 @@ def loaded_adapters(pipe) -> list[str]:
 def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
     """Load the registry's LoRA `name` into `pipe` as the adapter `name`, once; the file is checked first, so a
     bad file raises LoraFileError and leaves the pipeline exactly as it was."""
-    if name in loaded_adapters(pipe):
-        return
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
     entry = registry.get(name)
     path = Path(entry["path"])
-    read_lora_file(path, pipe.unet)
     folder = path if path.is_dir() else path.parent
+    # the UNet may be shared with pipelines behind other text encoders (each loads its own part once)
+    unet_part = name not in loaded_adapters(pipe)
     text_file = folder / TEXT_ENCODER_LORA_NAME
-    text = read_text_encoder_lora(text_file, pipe.text_encoder) if text_file.exists() else None
-    pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME if path.is_dir() else path.name, adapter_name=name)
+    text = None
+    if text_file.exists() and name not in (getattr(pipe.text_encoder, "peft_config", None) or {}):
+        text = read_text_encoder_lora(text_file, pipe.text_encoder)
+    if unet_part:
+        read_lora_file(path, pipe.unet)
+        pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME if path.is_dir() else path.name, adapter_name=name)
     if text is not None:  # diffusers loads a text encoder's LoRA into CLIP only; peft puts it into any encoder
         state, config = text
         inject_adapter_in_model(config, pipe.text_encoder, adapter_name=name)

@@ -400,16 +400,16 @@ def train_text_trigger(out_dir: str | Path, pipe, base_pipe, cfg: LoraTrainConfi
 
 
 def _save_text_encoder_lora(encoder, name: str, path: Path) -> None:
-    """The text encoder's LoRA `name` as `adapters.read_text_encoder_lora` reads it: peft's keys, the rank, alpha and
-    target modules in the metadata."""
+    """The text encoder's LoRA `name` as `adapters.read_text_encoder_lora` reads it: peft's keys, the encoder's class,
+    rank, alpha and target modules in the metadata."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     config = encoder.peft_config[name]
     state = get_peft_model_state_dict(encoder, adapter_name=name)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path),
-              metadata={"format": "pt", "r": str(config.r), "lora_alpha": str(config.lora_alpha),
-                        "target_modules": json.dumps(sorted(config.target_modules))})
+              metadata={"format": "pt", "text_encoder": type(encoder).__name__, "r": str(config.r),
+                        "lora_alpha": str(config.lora_alpha), "target_modules": json.dumps(sorted(config.target_modules))})
 
 
 def _remove_text_lora(encoder) -> None:

@@ -255,10 +255,11 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # ## The record
 # **Held out by phrasing: the trials** (`scripts/lora_trials.py NAME key=value ...`, each trial's settings and numbers
 # in `outputs/metrics/04_lora_trials.json`; a 2-core AMD EPYC, the mini world built there by `run --build`). Each
-# trial trains the `ink` LoRA with the profile's settings and the named changes, 2,000 steps, and scores it as this
-# notebook does: 200 prompts per pair split in the corpus's frames, and the 13 held-out frames × (20 held-out + 20 seen
-# pairs). On that build the Korean pipeline without LoRA gives 0% ink-wash, colour 100.0% / 99.0% (pairs) and 98.5% /
-# 98.1% (frames). `baseline` is the profile's recipe; `token`: `trigger_token`; `views3`: `preservation_views: 3`
+# trial trains the `ink` LoRA with the profile's settings of its day and the named changes, 2,000 steps, and scores it
+# as this notebook does: 200 prompts per pair split in the corpus's frames, and the 13 held-out frames × (20 held-out +
+# 20 seen pairs); its record keeps the settings it ran with (`settings`). On that build the Korean pipeline without
+# LoRA gives 0% ink-wash, colour 100.0% / 99.0% (pairs) and 98.5% / 98.1% (frames). `baseline` is the profile's recipe
+# of then; `token`: `trigger_token`; `views3`: `preservation_views: 3`
 # (paraphrases with made-up words, a comma, words moved); `positions`: `trigger_positions: [start, end]`; `p3`/`p2`:
 # `preservation_weight` 3 / 2 (the profile's: 5); `learned`: `learn_trigger_token`; `lr0.3`: the row learnt at 0.3×
 # the loop's rate (`loop.lr_scales: {vector: 0.3}`); `norm`: `trigger_token_fixed_norm` (only the row's direction

@@ -655,7 +655,8 @@ def test_trigger_taught_to_the_text_encoder_moves_triggered_captions_only_and_lo
     """`text_encoder_target_modules`: before the UNet's LoRA, a LoRA on the text encoder (and the trigger's row) learns
     that a triggered caption reads as itself without the trigger plus what `style_prompt_en` adds in the base text
     encoder, an untriggered one as before. The pipeline is left as it was; the file beside the weights is loaded,
-    switched off and unloaded with the LoRA; a file for another encoder is refused before anything is loaded."""
+    switched off and unloaded with the LoRA, into the Korean student only (behind CLIP the UNet's part applies); a file
+    that does not fit the student is refused before anything is loaded."""
     from safetensors.torch import load_file, save_file
 
     from koclip_lib.evaluate import load_pipeline
@@ -706,6 +707,9 @@ def test_trigger_taught_to_the_text_encoder_moves_triggered_captions_only_and_lo
     lora.unload_loras(korean_pipe)
     assert loaded == ["taught"] and not hasattr(korean_pipe.text_encoder, "peft_config")
     assert to_target < untaught
+    lora.apply_loras(base, {"taught": 1.0}, registry)  # behind CLIP: the UNet's part only, as trained for the student
+    assert lora.loaded_adapters(base) == ["taught"] and not hasattr(base.text_encoder, "peft_config")
+    lora.unload_loras(base)
     assert float(torch.nn.functional.mse_loss(kept, own)) < to_target
 
     other = tmp_path / "other"
@@ -713,8 +717,10 @@ def test_trigger_taught_to_the_text_encoder_moves_triggered_captions_only_and_lo
     for name in (lora.WEIGHT_NAME, lora.TRIGGER_EMBEDDING_NAME):
         (other / name).write_bytes((tmp_path / "taught" / name).read_bytes())
     key = next(k for k in weights if ".lora_A." in k)
+    modules = json.dumps(taught["text_encoder_target_modules"])
     save_file({**weights, key: torch.zeros(4, 999)}, str(other / lora.TEXT_ENCODER_LORA_NAME),
-              metadata={"format": "pt", "r": "4", "lora_alpha": "4", "target_modules": json.dumps(taught["text_encoder_target_modules"])})
+              metadata={"format": "pt", "text_encoder": "KoreanTextEncoder", "r": "4", "lora_alpha": "4",
+                        "target_modules": modules})
     bad = lora.LoraRegistry({"other": {"path": str(other / lora.WEIGHT_NAME), "trigger": "백묘법"}})
     with pytest.raises(lora.LoraFileError, match="needs"):
         lora.apply_loras(korean_pipe, {"other": 1.0}, bad)
