@@ -261,6 +261,19 @@ def read_text_encoder_lora(path: str | Path, encoder) -> tuple[dict, object] | N
     return state, config
 
 
+def add_text_encoder_adapter(encoder, name: str, config, state: dict | None = None) -> None:
+    """Put a peft LoRA (`config`, weights `state` when given) into `encoder` as the adapter `name`. diffusers loads a
+    text encoder's LoRA into CLIP only; peft puts it into any encoder, and `peft_config` is what diffusers'
+    `set_adapters`, `disable_lora` and `unload_lora_weights` look for on a pipeline's text encoder."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    inject_adapter_in_model(config, encoder, adapter_name=name)
+    if state is not None:
+        set_peft_model_state_dict(encoder, state, adapter_name=name)
+    encoder.peft_config = {**(getattr(encoder, "peft_config", None) or {}), name: config}
+    encoder._hf_peft_config_loaded = True
+
+
 def loaded_adapters(pipe) -> list[str]:
     return sorted(getattr(pipe.unet, "peft_config", None) or {})
 
@@ -268,8 +281,6 @@ def loaded_adapters(pipe) -> list[str]:
 def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
     """Load the registry's LoRA `name` into `pipe` as the adapter `name`, once; the file is checked first, so a
     bad file raises LoraFileError and leaves the pipeline exactly as it was."""
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
-
     entry = registry.get(name)
     path = Path(entry["path"])
     folder = path if path.is_dir() else path.parent
@@ -282,13 +293,9 @@ def load_lora(pipe, name: str, registry: LoraRegistry) -> None:
     if unet_part:
         read_lora_file(path, pipe.unet)
         pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME if path.is_dir() else path.name, adapter_name=name)
-    if text is not None:  # diffusers loads a text encoder's LoRA into CLIP only; peft puts it into any encoder
+    if text is not None:
         state, config = text
-        inject_adapter_in_model(config, pipe.text_encoder, adapter_name=name)
-        set_peft_model_state_dict(pipe.text_encoder, state, adapter_name=name)
-        # what diffusers' set_adapters, disable_lora and unload_lora_weights look for on a pipeline's text encoder
-        pipe.text_encoder.peft_config = {**(getattr(pipe.text_encoder, "peft_config", None) or {}), name: config}
-        pipe.text_encoder._hf_peft_config_loaded = True
+        add_text_encoder_adapter(pipe.text_encoder, name, config, state)
 
 
 def trigger_embedding(entry: dict) -> Path | None:

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .adapters import (LORA_NAME, SD15_LICENSE, TEXT_ENCODER_LORA_NAME, TRIGGER_EMBEDDING_NAME, TRIGGER_POSITIONS,  # noqa: F401
-                       WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry, UnknownLoraError, a1111_sidecar, add_trigger,
-                       apply_loras, export_kohya, load_lora, loaded_adapters, parse_lora_spec, prompts_with_trigger,
-                       read_lora_file, read_text_encoder_lora, unload_loras)
+                       WEIGHT_NAME, LoraError, LoraFileError, LoraRegistry, UnknownLoraError, a1111_sidecar,
+                       add_text_encoder_adapter, add_trigger, apply_loras, export_kohya, load_lora, loaded_adapters,
+                       parse_lora_spec, prompts_with_trigger, read_lora_file, read_text_encoder_lora, unload_loras)
 from .cards import licence_of, write_lora_card
 from .common import is_main_process, wait_for_everyone, write_json
 from .plan import ModelRef
@@ -351,7 +351,7 @@ def train_text_trigger(out_dir: str | Path, pipe, base_pipe, cfg: LoraTrainConfi
     caption of its image in `english`) is pulled to the encoder's own states for it without the trigger plus what
     `cfg.style_prompt_en` adds to the base checkpoint's text encoder (`base_pipe`'s) states for that English; each
     of `untriggered` to its own states. Text states only: no UNet runs. Returns the loop's record."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
     encoder = pipe.text_encoder
     if getattr(encoder, "peft_config", None):
@@ -369,9 +369,7 @@ def train_text_trigger(out_dir: str | Path, pipe, base_pipe, cfg: LoraTrainConfi
     torch.manual_seed(cfg.seed)  # the LoRA's initial weights
     config = LoraConfig(r=cfg.text_encoder_rank, lora_alpha=cfg.text_encoder_rank, init_lora_weights="gaussian",
                         target_modules=list(cfg.text_encoder_target_modules))
-    inject_adapter_in_model(config, encoder, adapter_name=name)
-    # what diffusers' set_adapters, disable_lora and unload_lora_weights look for on a pipeline's text encoder
-    encoder.peft_config, encoder._hf_peft_config_loaded = {name: config}, True
+    add_text_encoder_adapter(encoder, name, config)
     params = [p for n, p in encoder.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
