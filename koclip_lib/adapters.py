@@ -29,7 +29,8 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name: loa
 # ({trigger: vector}, what `pipe.load_textual_inversion(folder, weight_name=...)` reads), beside the weights
 TRIGGER_EMBEDDING_NAME = "learned_embeds.safetensors"
 # a LoRA whose trigger was taught to the text encoder (`LoraTrainConfig.text_encoder_target_modules`): that encoder's
-# LoRA in peft's keys, its rank, alpha and target modules in the metadata, beside the UNet's weights and the trigger's row
+# LoRA in peft's keys, the encoder's class, rank, alpha and target modules in the metadata, beside the UNet's weights
+# and the trigger's row
 TEXT_ENCODER_LORA_NAME = "text_encoder_lora.safetensors"
 TRIGGER_POSITIONS = ("start", "end")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # names are keys a client may send, never paths
