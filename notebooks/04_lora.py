@@ -542,6 +542,8 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # | `…-sp3-n8000-base30-amd-seed1` | 96.0% / 96.0% · 85.5% / 91.5% | 0.0% / 0.5% | 4.2% / 2.3% · 20.0% (흰 배경 위에 … 하나가 놓여 있다) | 98.8% / 98.8% · 84.2% / 96.9% |
 # | `taught-r16-unet-off-seed0` | 100.0% / 99.0% · 95.0% / 96.0% | 0.0% / 0.0% | 1.9% / 0.0% · 12.5% (…을 그려 주세요) | 100.0% / 99.6% · 97.7% / 95.0% |
 # | `taught-r16-unet-off-seed1` | 100.0% / 100.0% · 93.5% / 98.0% | 0.0% / 0.0% | 0.4% / 0.0% · 2.5% (…을 그려 주세요) | 100.0% / 99.6% · 95.0% / 95.4% |
+# | `taught-r16-seed1` | 100.0% / 100.0% · 94.0% / 96.5% | 0.0% / 0.0% | 0.4% / 0.0% · 2.5% (…을 그려 주세요) | 100.0% / 100.0% · 96.2% / 97.7% |
+# | `taught-r16-seed2` | 100.0% / 100.0% · 94.0% / 96.5% | 0.0% / 0.0% | 0.4% / 0.0% · 2.5% (…을 그려 주세요) | 100.0% / 100.0% · 94.6% / 97.7% |
 #
 # What moves the colours there: `scripts/lora_colour_probe.py REGISTRY --pairs held-out` on the frames' held-out
 # pairs (`outputs/metrics-amd-epyc/04_lora_colour_probe_heldout.json`). The profile's LoRA of then, trained by that
@@ -559,8 +561,10 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # draws ink-wash for "…, 백묘법" as it does for the English words, colours as the caption names them.
 # `taught-r16-unet-off`: that alone, the UNet's LoRA left at zero (one step at learning rate 0, no preservation).
 # Both seeds meet the four frame targets, colour with the trigger 0.8–3.5 points below no LoRA. The profile's recipe
-# (the record below) trains the UNet's LoRA after it, as before (preservation 5 on the paraphrased captions, the base
-# UNet's ink-wash for the English caption a second target at weight 3), behind the taught student.
+# (the record below, seed 0) trains the UNet's LoRA after it, as before (preservation 5 on the paraphrased captions,
+# the base UNet's ink-wash for the English caption a second target at weight 3), behind the taught student;
+# `taught-r16-seed1` and `-seed2` are that recipe on LoRA seeds 1 and 2, and meet the four too (colour with the
+# trigger 0.4–3.9 points below no LoRA).
 #
 # **The record** (`make notebooks ONLY=04` on the mini world that a fresh clone's `make all` built on a 2-core AMD
 # EPYC, the LoRA trained with the taught trigger; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`,
