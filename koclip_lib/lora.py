@@ -343,14 +343,14 @@ def _noise_scheduler(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)  # the checkpoint's training schedule and prediction type
 
 
-def train_text_trigger(out_dir: str | Path, pipe, base_pipe, cfg: LoraTrainConfig, triggered: Sequence[str],
-                       english: Sequence[str], untriggered: Sequence[str], vector: torch.Tensor, name: str) -> dict:
+def train_text_trigger(out_dir: str | Path, pipe, cfg: LoraTrainConfig, triggered: Sequence[str],
+                       style_shift: torch.Tensor, untriggered: Sequence[str], vector: torch.Tensor, name: str) -> dict:
     """Teach `pipe`'s text encoder the trigger (`cfg.text_encoder_target_modules`): a peft LoRA on those modules, left
     in the encoder as the adapter `name`, and the trigger token's row, started from `vector` and learnt beside it when
-    `cfg.learn_trigger_token`, then written into the embeddings. Each triggered caption (`triggered`; the English
-    caption of its image in `english`) is pulled to the encoder's own states for it without the trigger plus what
-    `cfg.style_prompt_en` adds to the base checkpoint's text encoder (`base_pipe`'s) states for that English; each
-    of `untriggered` to its own states. Text states only: no UNet runs. Returns the loop's record."""
+    `cfg.learn_trigger_token`, then written into the embeddings. Triggered caption i (of `triggered`) is pulled to the
+    encoder's own states for it without the trigger plus `style_shift[i % len(style_shift)]`: what `cfg.style_prompt_en`
+    adds to the base checkpoint's states for its image's English caption. Each of `untriggered` is held at its own
+    states. Text states only: no UNet runs. Returns the loop's record."""
     from peft import LoraConfig
 
     encoder = pipe.text_encoder
@@ -360,10 +360,9 @@ def train_text_trigger(out_dir: str | Path, pipe, base_pipe, cfg: LoraTrainConfi
     vector = vector.to(pipe.device, encoder.dtype)
     with torch.no_grad():
         window = _states_with_token(pipe, list(triggered[:1]), token_id, vector).shape[1]
-        empty, base_empty = _unconditional_states(pipe)[0], _unconditional_states(base_pipe)[0]
+        empty = _unconditional_states(pipe)[0]
         own = _text_states(pipe, [drop_trigger(c, cfg.trigger) for c in triggered], empty)[:, :window]
-        styled = _text_states(base_pipe, [cfg.style_prompt_en.format(e) for e in english], base_empty)[:, :window]
-        said_target = own + styled - _text_states(base_pipe, list(english), base_empty)[:, :window]
+        said_target = own + style_shift[torch.arange(len(triggered)) % len(style_shift), :window]
         kept_target = _text_states(pipe, list(untriggered), empty)[:, :window]
     encoder.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the LoRA's initial weights
@@ -472,23 +471,24 @@ def train_lora(out_dir: str | Path, pipe, data_dir: str | Path, cfg: LoraTrainCo
                             "with text_encoder_target_modules the text encoder's training learns it")
     token = add_trigger_token(pipe, cfg.trigger, cfg.seed) if cfg.trigger_token else None
     text_log = None
-    if cfg.text_encoder_target_modules:
-        if token is None:
-            raise LoraError(f"the tokenizer already knows {cfg.trigger!r}: text_encoder_target_modules needs a new token")
-        english = list(dataset["caption_en"])
-        plain_views = preservation_captions(plain_source, max(cfg.preservation_views, 1), rng, words, avoid=cfg.trigger)
-        text_log = train_text_trigger(out_dir / "text", pipe, base_pipe, cfg, captions,
-                                      [english[i % len(english)] for i in range(len(captions))], plain_views, token, name)
-        token = text_log.pop("trigger_row")  # the UNet trains behind the taught encoder, the row as learnt
-    empty = _unconditional_states(pipe)
-    states = _text_states(pipe, captions, empty[0])
     style_states = None
     if cfg.style_prompt_en:
         if base_pipe is None or "caption_en" not in dataset.column_names:
             raise LoraError(f"style_prompt_en needs the base pipeline and a caption_en column ({data_dir} has "
                             f"{', '.join(dataset.column_names)})")
-        style_states = _text_states(base_pipe, [cfg.style_prompt_en.format(c) for c in dataset["caption_en"]],
-                                    _unconditional_states(base_pipe)[0])
+        base_empty = _unconditional_states(base_pipe)[0]
+        style_states = _text_states(base_pipe, [cfg.style_prompt_en.format(c) for c in dataset["caption_en"]], base_empty)
+    if cfg.text_encoder_target_modules:
+        if token is None:
+            raise LoraError(f"the tokenizer already knows {cfg.trigger!r}: text_encoder_target_modules needs a new token")
+        english_states = _text_states(base_pipe, list(dataset["caption_en"]), base_empty)
+        window = min(style_states.shape[1], english_states.shape[1])
+        plain_views = preservation_captions(plain_source, max(cfg.preservation_views, 1), rng, words, avoid=cfg.trigger)
+        text_log = train_text_trigger(out_dir / "text", pipe, cfg, captions,
+                                      style_states[:, :window] - english_states[:, :window], plain_views, token, name)
+        token = text_log.pop("trigger_row")  # the UNet trains behind the taught encoder, the row as learnt
+    empty = _unconditional_states(pipe)
+    states = _text_states(pipe, captions, empty[0])
     if cfg.trigger_states_weight and not (cfg.learn_trigger_token and style_states is not None):
         raise LoraError("trigger_states_weight pulls a learnt trigger row toward the style named in English: it needs "
                         "trigger_token and learn_trigger_token, and style_prompt_en")
