@@ -566,18 +566,20 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # `taught-r16-seed1` and `-seed2` are that recipe on LoRA seeds 1 and 2, and meet the four too (colour with the
 # trigger 0.4–3.9 points below no LoRA).
 #
-# **The record** (`make notebooks ONLY=04` on the mini world that a fresh clone's `make all` built on a 2-core AMD
-# EPYC, the LoRA trained with the taught trigger; `outputs/notebooks/04_lora.ipynb`, `outputs/metrics/04_lora.json`,
-# and the same file in `outputs/metrics-amd-epyc/`). The other notebooks' records come from an Intel Xeon build; this
-# recipe has not run there yet. The recipe before it met the targets there (16 of 16 from a fresh `make all`, 77 min)
-# and missed both LoRA claims on the AMD EPYC's (14 of 16, "The profile's recipe on the AMD EPYC build" above).
+# **The record** (a fresh clone's `make all` on a 2-core AMD EPYC, the LoRA trained with the taught trigger: 92 min
+# 35 s, `run --build` 4,059 s, then every notebook; the targets check held 16 of 16. `outputs/notebooks/04_lora.ipynb`,
+# `outputs/metrics/04_lora.json`, and the same file in `outputs/metrics-amd-epyc/`). Its base models are those of the
+# AMD EPYC's `make all` before it: every other notebook's quality figures came out the same, only seconds and the load
+# tests' counts differ. The other notebooks' records come from an Intel Xeon build; this recipe has not run there yet. The recipe before it met the targets there
+# (16 of 16 from a fresh `make all`, 77 min) and missed both LoRA claims on the AMD EPYC's (14 of 16, "The profile's
+# recipe on the AMD EPYC build" above).
 #
 # **Korean style LoRAs** (`04_lora`, `koclip_lib.lora`). The seed's ink-wash LoRA: 2,000 ink-wash images of seen
 # colour–shape pairs (the renderer draws them and captions what they show; `full` captions real images with BLIP and
 # translates the captions to Korean), each caption with the trigger `백묘법`, in an image folder with
 # `metadata.jsonl`. First the trigger taught to the student (a rank-16 LoRA on its linear layers and the trigger's
-# token, 400 steps, 547 s on one thread beside a trial), then a rank-16 peft LoRA on the UNet's cross-attention
-# projections (q, k, v, out) trained behind the taught student (2,000 steps, 697 s) with prior preservation: the base
+# token, 400 steps, 624 s on one thread beside the build's other lane), then a rank-16 peft LoRA on the UNet's
+# cross-attention projections (q, k, v, out) trained behind the taught student (2,000 steps, 696 s) with prior preservation: the base
 # pipeline first draws one image per untriggered caption and its two paraphrases, and on those the LoRA'd UNet must
 # give the base UNet's prediction (weighted 5× the style loss); the base UNet's ink-wash for the English caption is a
 # second target for the triggered ones (weight 3). The base UNet draws ink-wash when an English caption asks for it
@@ -589,22 +591,22 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # |---|---|---|
 # | English pipeline, English ink-wash caption, no LoRA (what the base UNet draws) | 100% / 97.5% / 100% | 100% / 97.0% / 100% |
 # | Korean pipeline, no LoRA | 0.0% / 100% / 100% | 0.0% / 99.0% / 100% |
-# | + `ink`, no trigger | 0.0% / 100% / 99.0% | 0.0% / 96.5% / 100% |
-# | + `ink`, "…, 백묘법" | **100%** / **94.5%** / 99.5% | **100%** / **96.0%** / 100% |
-# | + `ink` at weight 0.75, "…, 백묘법" | 88.0% / 90.5% / 100% | 80.5% / 93.0% / 100% |
+# | + `ink`, no trigger | 0.0% / 100% / 100% | 0.0% / 96.5% / 100% |
+# | + `ink`, "…, 백묘법" | **100%** / **95.5%** / 100% | **100%** / **96.0%** / 100% |
+# | + `ink` at weight 0.75, "…, 백묘법" | 87.5% / 91.5% / 100% | 81.0% / 93.0% / 100% |
 # | + `ink` at weight 0.6, "…, 백묘법" | 30.0% / 96.5% / 100% | 29.0% / 91.0% / 100% |
 # | + `ink-en` (the English LoRA), no trigger | 44.0% / 83.5% / 99.5% | 15.5% / 68.0% / 100% |
 # | English pipeline + `ink-en`, English prompt + its trigger (as trained) | 100% / 99.5% / 94.0% | 100% / 95.5% / 100% |
 #
 # And on the held-out sentence frames (13 frames × 20 held-out and 20 seen pairs): without LoRA 0.0% ink-wash at
 # colour 98.5% / 98.1%; `ink` without the trigger 1.9% / 0.0% (worst frame 12.5%, "…을 그려 주세요"); with it
-# 100% / 100% at colour 97.3% / 97.3%.
+# 100% / 100% at colour 97.7% / 97.3%.
 #
 # Met, on both splits of the pairs: the trigger switches the style on (100% / 100%, target ≥ 80%), its absence keeps
 # it off (0.0% / 0.0%, target ≤ 20%), and colour stays within 10 points of the pipeline without LoRA, without the
-# trigger (0.0 and 2.5 points below) and with it (5.5 and 3.0 points below); on the frames, untriggered ≤ 5% with the
-# worst frame ≤ 15%, triggered ≥ 85% and colour within 10 points (1.2 below on held-out pairs, 0.8 on seen pairs).
-# `koclip_lib.targets` checks each. At weight 0.75 and 0.6 the style fades (88.0% / 80.5% and 30.0% / 29.0%
+# trigger (0.0 and 2.5 points below) and with it (4.5 and 3.0 points below); on the frames, untriggered ≤ 5% with the
+# worst frame ≤ 15%, triggered ≥ 85% and colour within 10 points (0.8 below on held-out and on seen pairs).
+# `koclip_lib.targets` checks each. At weight 0.75 and 0.6 the style fades (87.5% / 81.0% and 30.0% / 29.0%
 # ink-wash): `apply_loras` weights the student's LoRA and the UNet's together. The record before the held-out
 # frames (the old recipe: the trigger as three `<unk>`, preservation 5, no token): with the trigger 83.5% / 84.5%
 # ink-wash at colour 93.5% / 91.0%, without it 2.5% / 2.0%; what closed its seen-pair gap (87.0% against 99.5%

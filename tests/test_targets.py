@@ -18,8 +18,8 @@ def test_every_claim_holds_on_the_committed_record():
 
 
 def test_every_claim_holds_on_the_amd_epyc_build_too():
-    """The AMD EPYC build's record (its `make all`, notebook 04 re-run there with the taught trigger), which the README
-    quotes beside the Intel one."""
+    """The AMD EPYC build's record (its `make all`; notebook 04's from a second fresh `make all` there, with the taught
+    trigger), which the README quotes beside the Intel one."""
     results = targets.check(REPO / "outputs" / "metrics-amd-epyc")
     assert len(results) == 16 and all(r["ok"] for r in results), [r for r in results if not r["ok"]]
 
