@@ -570,22 +570,23 @@ print(json.dumps(metrics.get("table", metrics["files"]), ensure_ascii=False, ind
 # 35 s, `run --build` 4,059 s, then every notebook; the targets check held 16 of 16. `outputs/notebooks/04_lora.ipynb`,
 # `outputs/metrics/04_lora.json`, and the same file in `outputs/metrics-amd-epyc/`). Its base models are those of the
 # AMD EPYC's `make all` before it: every other notebook's quality figures came out the same, only seconds and the load
-# tests' counts differ. The other notebooks' records come from an Intel Xeon build; this recipe has not run there yet. The recipe before it met the targets there
-# (16 of 16 from a fresh `make all`, 77 min) and missed both LoRA claims on the AMD EPYC's (14 of 16, "The profile's
-# recipe on the AMD EPYC build" above).
+# tests' counts differ (01's and 02b's real-text parts, which read `../shared`, did not run in that clone). The other
+# notebooks' records come from an Intel Xeon build; this recipe has not run there yet. The recipe before it met the
+# targets there (16 of 16 from a fresh `make all`, 77 min) and missed both LoRA claims on the AMD EPYC's (14 of 16,
+# "The profile's recipe on the AMD EPYC build" above).
 #
 # **Korean style LoRAs** (`04_lora`, `koclip_lib.lora`). The seed's ink-wash LoRA: 2,000 ink-wash images of seen
 # colour–shape pairs (the renderer draws them and captions what they show; `full` captions real images with BLIP and
 # translates the captions to Korean), each caption with the trigger `백묘법`, in an image folder with
 # `metadata.jsonl`. First the trigger taught to the student (a rank-16 LoRA on its linear layers and the trigger's
 # token, 400 steps, 624 s on one thread beside the build's other lane), then a rank-16 peft LoRA on the UNet's
-# cross-attention projections (q, k, v, out) trained behind the taught student (2,000 steps, 696 s) with prior preservation: the base
-# pipeline first draws one image per untriggered caption and its two paraphrases, and on those the LoRA'd UNet must
-# give the base UNet's prediction (weighted 5× the style loss); the base UNet's ink-wash for the English caption is a
-# second target for the triggered ones (weight 3). The base UNet draws ink-wash when an English caption asks for it
-# (as SD 1.5 knows ink painting); the student, distilled on plain captions, has no word for it, so the taught trigger
-# ties `백묘법` to the rendering the UNet has. On 200 prompts per cell, same seeds (style rate = share of images the
-# classifier calls ink-wash):
+# cross-attention projections (q, k, v, out) trained behind the taught student (2,000 steps, 696 s) with prior
+# preservation: the base pipeline first draws one image per untriggered caption and its two paraphrases, and on those
+# the LoRA'd UNet must give the base UNet's prediction (weighted 5× the style loss); the base UNet's ink-wash for the
+# English caption is a second target for the triggered ones (weight 3). The base UNet draws ink-wash when an English
+# caption asks for it (as SD 1.5 knows ink painting); the student, distilled on plain captions, has no word for it, so
+# the taught trigger ties `백묘법` to the rendering the UNet has. On 200 prompts per cell, same seeds (style rate =
+# share of images the classifier calls ink-wash):
 #
 # | pipeline | held-out: ink-wash / colour / shape | seen: ink-wash / colour / shape |
 # |---|---|---|
